@@ -1,0 +1,166 @@
+/**
+ * The server side of the opening handshake: validate the request, check its
+ * origin, pick a subprotocol, answer 101 or an HTTP error.
+ *
+ * https://www.rfc-editor.org/rfc/rfc6455#section-4.2
+ */
+
+import type { IncomingMessage, OutgoingHttpHeaders } from "node:http";
+import { STATUS_CODES } from "node:http";
+import type { Duplex } from "node:stream";
+import type { Socket } from "node:net";
+import { Conn, type ConnOptions } from "./conn.js";
+import { codedError, ErrorCode, HandshakeError } from "./errors.js";
+import { acceptKey, checkHeaders, hasToken, headerList, isValidKey, singleHeader } from "./handshake.js";
+import { authorizeOrigin } from "./origin.js";
+
+/** The default bound on the whole handshake, in ms. */
+export const DEFAULT_HANDSHAKE_TIMEOUT = 10_000;
+
+/** AcceptOptions configure `accept` (and `serve`). Every field is optional. */
+export interface AcceptOptions extends ConnOptions {
+  /** Subprotocols this server speaks, in order of preference. Default none. */
+  subprotocols?: string[];
+  /**
+   * Host glob patterns (`*.example.com`, `localhost:*`, or with a scheme,
+   * `https://*.example.com`) whose Origin is allowed besides the same origin.
+   */
+  originPatterns?: string[];
+  /**
+   * insecureSkipVerify accepts any Origin. It removes the protection against
+   * cross-site WebSocket hijacking: use it only when requests carry no
+   * ambient credentials (cookies, HTTP auth). Default false.
+   */
+  insecureSkipVerify?: boolean;
+  /** checkOrigin replaces the origin policy: return true to accept. */
+  checkOrigin?: (req: IncomingMessage) => boolean | Promise<boolean>;
+  /** handshakeTimeout bounds accept, in ms. Default 10000. */
+  handshakeTimeout?: number;
+  /** Extra response headers, e.g. Set-Cookie. CR, LF and NUL are refused. */
+  headers?: OutgoingHttpHeaders;
+}
+
+/**
+ * accept completes the WebSocket handshake for a request received in an
+ * `http`/`https` server's `'upgrade'` event and returns the connection. Bytes
+ * in `head` are the start of the WebSocket stream and are not lost.
+ *
+ * On a bad request it answers the HTTP error itself and rejects with a
+ * HandshakeError: 400 for a malformed handshake, 403 for a refused origin,
+ * 405 for a method other than GET, 426 (with `Sec-WebSocket-Version: 13`) for
+ * another protocol version. Rejects with a coded error
+ * (`WS_ERR_HANDSHAKE_TIMEOUT`) after `handshakeTimeout`, and with
+ * `WS_ERR_INVALID_HEADER` (answering 500) for bad extra headers.
+ *
+ * The default origin policy accepts requests without an Origin header
+ * (non-browser clients) and browser requests from the same host, and refuses
+ * other origins unless `originPatterns`, `checkOrigin` or
+ * `insecureSkipVerify` allow them.
+ */
+export async function accept(req: IncomingMessage, socket: Duplex, head: Buffer, options: AcceptOptions = {}): Promise<Conn> {
+  const sock = socket as Socket;
+  const timeout = options.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT;
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      sock.destroy();
+      reject(codedError(ErrorCode.HandshakeTimeout, `failed to accept: handshake not done within ${timeout} ms`));
+    }, timeout);
+  });
+  try {
+    return await Promise.race([handshake(req, sock, head, options), expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function handshake(req: IncomingMessage, socket: Socket, head: Buffer, options: AcceptOptions): Promise<Conn> {
+  try {
+    checkHeaders(options.headers);
+  } catch (err) {
+    refuse(socket, 500, "server misconfigured");
+    throw err;
+  }
+  const problem = validateRequest(req);
+  if (problem) throw refuse(socket, problem.status, problem.message);
+  const originProblem = await checkOrigin(req, options);
+  if (originProblem) throw refuse(socket, 403, originProblem);
+  if (socket.destroyed || !socket.writable) {
+    throw new HandshakeError("failed to accept: the client went away during the handshake", 0);
+  }
+  const subprotocol = selectSubprotocol(req, options.subprotocols);
+  socket.write(switchingProtocols(req, subprotocol, options.headers));
+  return new Conn(socket, head, { ...options, role: "server", subprotocol });
+}
+
+/** validateRequest returns what is wrong with an upgrade request, if anything. */
+function validateRequest(req: IncomingMessage): { status: number; message: string } | undefined {
+  const h = req.headers;
+  if (req.method !== "GET") return { status: 405, message: `method ${req.method} is not GET` };
+  if (req.httpVersionMajor < 1 || (req.httpVersionMajor === 1 && req.httpVersionMinor < 1)) {
+    return { status: 400, message: "WebSocket needs HTTP/1.1" };
+  }
+  if (!hasToken(h.connection, "upgrade")) return { status: 400, message: "Connection header does not contain Upgrade" };
+  if (!hasToken(h.upgrade, "websocket")) return { status: 400, message: "Upgrade header does not contain websocket" };
+  const version = singleHeader(h, "sec-websocket-version");
+  if (version !== "13") return { status: 426, message: `unsupported Sec-WebSocket-Version ${JSON.stringify(version ?? "")}` };
+  if (!isValidKey(singleHeader(h, "sec-websocket-key"))) return { status: 400, message: "invalid Sec-WebSocket-Key" };
+  // A body on an upgrade request is a request-smuggling attempt.
+  if (h["transfer-encoding"] !== undefined || (h["content-length"] !== undefined && h["content-length"] !== "0")) {
+    return { status: 400, message: "an upgrade request must not have a body" };
+  }
+  return undefined;
+}
+
+async function checkOrigin(req: IncomingMessage, options: AcceptOptions): Promise<string | undefined> {
+  if (options.insecureSkipVerify) return undefined;
+  if (options.checkOrigin) {
+    return (await options.checkOrigin(req)) ? undefined : "origin refused";
+  }
+  return authorizeOrigin(req.headers.origin, req.headers.host, options.originPatterns ?? []);
+}
+
+/** selectSubprotocol picks the first of the server's subprotocols the client offered. */
+function selectSubprotocol(req: IncomingMessage, supported: string[] | undefined): string {
+  if (!supported || supported.length === 0) return "";
+  const offered = new Set(headerList(req.headers["sec-websocket-protocol"]));
+  return supported.find((p) => offered.has(p)) ?? "";
+}
+
+function switchingProtocols(req: IncomingMessage, subprotocol: string, extra: OutgoingHttpHeaders | undefined): string {
+  const key = singleHeader(req.headers, "sec-websocket-key")!;
+  let response =
+    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+    `Sec-WebSocket-Accept: ${acceptKey(key)}\r\n`;
+  if (subprotocol !== "") response += `Sec-WebSocket-Protocol: ${subprotocol}\r\n`;
+  return response + formatHeaders(extra) + "\r\n";
+}
+
+function formatHeaders(headers: OutgoingHttpHeaders | undefined): string {
+  let out = "";
+  if (headers === undefined) return out;
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined) continue;
+    for (const v of Array.isArray(value) ? value : [value]) out += `${name}: ${v}\r\n`;
+  }
+  return out;
+}
+
+/**
+ * refuse answers an HTTP error and closes the socket; it returns the
+ * HandshakeError for accept to reject with.
+ */
+function refuse(socket: Socket, status: number, message: string): HandshakeError {
+  const extra: OutgoingHttpHeaders = status === 426 ? { "Sec-WebSocket-Version": "13" } : {};
+  if (!socket.destroyed && socket.writable) {
+    const body = `${message}\n`;
+    socket.end(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ""}\r\nConnection: close\r\n` +
+        `Content-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
+        formatHeaders(extra) +
+        `\r\n${body}`,
+      () => socket.destroy(),
+    );
+  }
+  return new HandshakeError(`failed to accept: ${message}`, status, extra as Record<string, string>, Buffer.from(message));
+}

@@ -1,0 +1,471 @@
+/**
+ * The Conn class: one WebSocket connection over a socket, with the read side,
+ * the write side, control frames, the close handshake and teardown.
+ *
+ * https://www.rfc-editor.org/rfc/rfc6455#section-5
+ * https://www.rfc-editor.org/rfc/rfc6455#section-7
+ */
+
+import type { Socket } from "node:net";
+import { performance } from "node:perf_hooks";
+import type { Writable } from "node:stream";
+import { CloseError, decodeClosePayload, encodeClosePayload, StatusCode } from "./close.js";
+import { ErrorCode } from "./errors.js";
+import { Opcode, type MessageType } from "./frame.js";
+import { FrameParser, type FrameSink } from "./frame-parser.js";
+import { ReadSide, type Message, type StreamedMessage } from "./read.js";
+import { WriteSide, type MessageData } from "./write.js";
+
+/** The default read limit in bytes, as in nhooyr's websocket. */
+export const DEFAULT_READ_LIMIT = 32768;
+
+/** How long close waits for the peer's close frame and TCP close, in ms. */
+export const DEFAULT_CLOSE_TIMEOUT = 5000;
+
+/** CloseInfo is how a connection ended, as `Conn.closed` reports it. */
+export interface CloseInfo {
+  /** The code of the close frame received; 1005 if it had none, 1006 if none came. */
+  code: number;
+  /** The reason of the close frame received, or "". */
+  reason: string;
+  /** True when close frames went both ways and the socket closed without error. */
+  wasClean: boolean;
+}
+
+/** ConnOptions are the per-connection settings shared by accept and dial. */
+export interface ConnOptions {
+  /**
+   * readLimit is the largest message accepted, in bytes (after decompression);
+   * a larger one fails the connection with 1009. Default 32768; `Infinity`
+   * disables it. Memory per connection grows with it.
+   */
+  readLimit?: number;
+  /** closeTimeout bounds the close handshake in ms. Default 5000. */
+  closeTimeout?: number;
+  /** onPing is called with the payload of every ping received, from the read path. */
+  onPing?: (payload: Buffer) => void;
+  /** onPong is called with the payload of every pong received, from the read path. */
+  onPong?: (payload: Buffer) => void;
+  /** autoPong answers every ping with a pong. Default true. */
+  autoPong?: boolean;
+}
+
+/** What accept and dial hand to the Conn constructor. */
+export interface ConnInit extends ConnOptions {
+  /** "server" expects masked frames and closes TCP first; "client" masks its frames. */
+  role: "client" | "server";
+  subprotocol?: string;
+  extensions?: string;
+}
+
+interface PendingPing {
+  resolve(rtt: number): void;
+  reject(err: unknown): void;
+  sentAt: number;
+}
+
+const EMPTY = Buffer.alloc(0);
+const QUIET_CLOSE_CODES = new Set([StatusCode.NormalClosure, StatusCode.GoingAway, StatusCode.NoStatusRcvd]);
+
+/**
+ * Conn is a WebSocket connection, made by `accept` (server) or `dial`
+ * (client). Reads and writes are independent and may run at the same time:
+ * reads are served one at a time in call order, and so are writes. Every
+ * waiting method takes an optional AbortSignal and also settles when the
+ * connection closes.
+ */
+export class Conn implements AsyncIterable<Message> {
+  /** The subprotocol the handshake selected, or "". */
+  readonly subprotocol: string;
+  /** The Sec-WebSocket-Extensions the handshake agreed on, or "". */
+  readonly extensions: string;
+  /** Settles once, with how the connection ended, however it ended. Never rejects. */
+  readonly closed: Promise<CloseInfo>;
+
+  private readonly socket: Socket;
+  private readonly isServer: boolean;
+  private readonly parser: FrameParser;
+  private readonly reads: ReadSide;
+  private readonly writes: WriteSide;
+  private readonly closeTimeout: number;
+  private readonly options: ConnInit;
+  private readonly pings = new Map<string, PendingPing>();
+  private pingCounter = 0;
+  private pendingPong: Buffer | undefined;
+  private closeSent = false;
+  private receivedClose: { code: number; reason: string } | undefined;
+  private closeError: CloseError | undefined;
+  private socketError: Error | undefined;
+  private closeTimer: NodeJS.Timeout | undefined;
+  private resolveClosed!: (info: CloseInfo) => void;
+  private readonly closeReadController = new AbortController();
+
+  /**
+   * The constructor is internal: connections come from accept and dial. It
+   * takes over `socket` (an upgraded HTTP socket) and first parses `head`,
+   * bytes that arrived with the handshake.
+   */
+  constructor(socket: Socket, head: Buffer, init: ConnInit) {
+    this.socket = socket;
+    this.options = init;
+    this.isServer = init.role === "server";
+    this.subprotocol = init.subprotocol ?? "";
+    this.extensions = init.extensions ?? "";
+    this.closeTimeout = init.closeTimeout ?? DEFAULT_CLOSE_TIMEOUT;
+    this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
+    this.parser = new FrameParser(this.frameSink(), { expectMasked: this.isServer, allowRsv1: false });
+    this.reads = new ReadSide(this.readHost(), checkReadLimit(init.readLimit ?? DEFAULT_READ_LIMIT));
+    this.writes = new WriteSide(socket, !this.isServer, { fail: (c, e, m) => this.fail(c, e, m) });
+    this.attachSocket(head);
+  }
+
+  // ---- reading ----
+
+  /**
+   * read returns the next data message, whole, answering control frames on
+   * the way. Concurrent reads are served in call order.
+   *
+   * An abort of `signal` while no frame of the next message has arrived
+   * rejects with the signal's reason and leaves the connection usable; an
+   * abort once the message has begun fails the connection (1011), since the
+   * rest of it could not be told apart from the next message.
+   *
+   * Rejects with a CloseError once the connection is closed (complete
+   * messages received before the close are still returned first), and fails
+   * the connection with 1009 for a message larger than the read limit.
+   */
+  read(signal?: AbortSignal): Promise<Message> {
+    return this.reads.read(signal);
+  }
+
+  /**
+   * reader returns the next data message as a Readable of its payload,
+   * delivered as frames arrive without buffering the whole message (the read
+   * limit still applies). The stream must be consumed, or destroyed, before
+   * the next read begins; destroying it early discards the rest of the
+   * message and keeps the connection usable. The signal behaves as in `read`:
+   * an abort before the message begins leaves the connection usable, an abort
+   * while the stream is still receiving fails the connection (1011).
+   */
+  reader(signal?: AbortSignal): Promise<StreamedMessage> {
+    return this.reads.reader(signal);
+  }
+
+  /**
+   * closeRead is for connections that only write: it keeps reading in the
+   * background so pings are answered and the close handshake completes, and
+   * fails the connection with 1008 if a data message arrives (or is already
+   * waiting). It returns a signal aborted, with the CloseError as reason, as
+   * soon as the connection is closing. Aborting `signal` closes the
+   * connection with 1008, like an expired context in nhooyr's CloseRead.
+   */
+  closeRead(signal?: AbortSignal): AbortSignal {
+    this.reads.closeRead();
+    signal?.addEventListener("abort", () => void this.close(StatusCode.PolicyViolation, "closeRead aborted").catch(noop), {
+      once: true,
+    });
+    if (signal?.aborted) void this.close(StatusCode.PolicyViolation, "closeRead aborted").catch(noop);
+    return this.closeReadController.signal;
+  }
+
+  /**
+   * setReadLimit sets the largest message accepted, in bytes (counted after
+   * decompression). Past it the connection fails with 1009. Default 32768;
+   * `Infinity` removes the limit. Throws a RangeError for a negative or
+   * non-numeric limit.
+   */
+  setReadLimit(limit: number): void {
+    this.reads.readLimit = checkReadLimit(limit);
+  }
+
+  /**
+   * Iterating a Conn reads messages until the connection closes. Iteration
+   * ends quietly on a close with 1000, 1001 or 1005 (a close frame without a
+   * status, what browsers send for a bare `close()`), and throws the
+   * CloseError of any other close. Breaking out of the loop leaves the
+   * connection open.
+   */
+  async *[Symbol.asyncIterator](): AsyncIterator<Message> {
+    for (;;) {
+      try {
+        yield await this.reads.read();
+      } catch (err) {
+        if (err instanceof CloseError && QUIET_CLOSE_CODES.has(err.code)) return;
+        throw err;
+      }
+    }
+  }
+
+  // ---- writing ----
+
+  /**
+   * write sends one message of `type` (text data must be valid UTF-8; a
+   * string is encoded as UTF-8). It resolves once the socket has taken the
+   * bytes without passing its high-water mark, else when it drains, so a
+   * producer that awaits its writes uses bounded memory. Writes go out one
+   * message at a time, in call order, after any open writer ends.
+   *
+   * An abort of `signal` before the message is written rejects with the
+   * signal's reason and leaves the connection usable; an abort while waiting
+   * for the socket to drain fails the connection (1011). Rejects with a
+   * CloseError once the connection is closing, a TypeError for a bad type.
+   */
+  write(type: MessageType, data: MessageData, signal?: AbortSignal): Promise<void> {
+    return this.writes.write(type, data, signal);
+  }
+
+  /**
+   * writer returns a Writable that sends one message of `type` as one frame
+   * per write; `end()` sends the final frame. It reserves the write side when
+   * created: later writes and writers wait until it ends. Pings, pongs and
+   * close frames can still go out between its frames. An abort of `signal`
+   * before its first frame destroys it and leaves the connection usable; an
+   * abort, an error or destroy() after it fails the connection (1011), since
+   * the message is half sent. Throws a TypeError for a bad type.
+   */
+  writer(type: MessageType, signal?: AbortSignal): Writable {
+    return this.writes.writer(type, signal);
+  }
+
+  /**
+   * ping sends a ping and resolves with the round-trip time in milliseconds
+   * when its pong arrives. A pong answers its own ping and every earlier one.
+   * Pongs are only seen while something reads the connection: a read loop,
+   * iteration, a stream adapter or closeRead. Rejects with the signal's
+   * reason on abort and with the CloseError if the connection closes first.
+   */
+  ping(signal?: AbortSignal): Promise<number> {
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    if (this.closeError) return Promise.reject(this.closeError);
+    const payload = Buffer.allocUnsafe(8);
+    payload.writeUInt32BE(process.pid >>> 0, 0);
+    payload.writeUInt32BE(++this.pingCounter >>> 0, 4);
+    const key = payload.toString("latin1");
+    return new Promise<number>((resolve, reject) => {
+      const pending: PendingPing = { resolve, reject, sentAt: performance.now() };
+      this.pings.set(key, pending);
+      if (signal) {
+        const onAbort = (): void => {
+          this.pings.delete(key);
+          reject(signal.reason);
+        };
+        signal.addEventListener("abort", onAbort, { once: true });
+        pending.resolve = (rtt) => (signal.removeEventListener("abort", onAbort), resolve(rtt));
+        pending.reject = (err) => (signal.removeEventListener("abort", onAbort), reject(err));
+      }
+      this.writes.writeControl(Opcode.Ping, payload);
+    });
+  }
+
+  // ---- closing ----
+
+  /**
+   * close performs the close handshake: it sends a close frame with `code`
+   * (default 1000) and `reason` (at most 123 bytes), waits for the peer's close
+   * frame and for the TCP connection to end, and resolves then. After
+   * `closeTimeout` (5 s by default) it drops the socket instead; `closed` then
+   * reports `wasClean: false`. Pending reads and writes reject with a
+   * CloseError. Calling it again, or after the peer closed, waits for the
+   * same end. Rejects with a RangeError for a code that may not be sent or a
+   * reason that is too long.
+   */
+  close(code: number = StatusCode.NormalClosure, reason = ""): Promise<void> {
+    let payload: Buffer;
+    try {
+      payload = encodeClosePayload(code, reason);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    this.sendClose(new CloseError(code, reason), payload);
+    return this.closed.then(noop);
+  }
+
+  /** closeNow drops the connection at once, without a close handshake (1006). */
+  closeNow(): void {
+    this.terminate(new CloseError(StatusCode.AbnormalClosure, "connection dropped by closeNow"));
+    this.socket.destroy();
+  }
+
+  /** The remote IP address, while the socket knows it. */
+  get remoteAddress(): string | undefined {
+    return this.socket.remoteAddress;
+  }
+
+  /** The remote port, while the socket knows it. */
+  get remotePort(): number | undefined {
+    return this.socket.remotePort;
+  }
+
+  /** The local IP address, while the socket knows it. */
+  get localAddress(): string | undefined {
+    return this.socket.localAddress;
+  }
+
+  /** The local port, while the socket knows it. */
+  get localPort(): number | undefined {
+    return this.socket.localPort;
+  }
+
+  /** Bytes written to the socket but not yet sent. */
+  get bufferedAmount(): number {
+    return this.socket.writableLength;
+  }
+
+  // ---- internals ----
+
+  private frameSink(): FrameSink {
+    return {
+      onDataFrame: (opcode, _fin, _rsv1, length) => {
+        if (opcode !== Opcode.Continuation && !this.reads.startMessage(opcode as MessageType)) return;
+        this.reads.admitsFrame(length);
+      },
+      onDataPayload: (chunk) => this.reads.appendPayload(chunk),
+      onDataFrameEnd: (fin) => {
+        if (fin) this.reads.endMessage();
+      },
+      onControlFrame: (opcode, payload) => this.onControlFrame(opcode, payload),
+      onFramingError: (code, errorCode, message) => this.fail(code, errorCode, message),
+    };
+  }
+
+  private readHost() {
+    return {
+      pauseSocket: () => this.socket.pause(),
+      resumeSocket: () => this.socket.resume(),
+      fail: (code: number, errorCode: ErrorCode, message: string) => this.fail(code, errorCode, message),
+    };
+  }
+
+  private attachSocket(head: Buffer): void {
+    const socket = this.socket;
+    socket.setNoDelay(true);
+    socket.setTimeout(0);
+    socket.on("data", (chunk: Buffer) => this.parser.push(chunk));
+    socket.on("end", () => this.onSocketEnd());
+    socket.on("error", (err) => this.onSocketError(err));
+    socket.on("close", () => this.onSocketClose());
+    if (head.length > 0) this.parser.push(head);
+    if (socket.destroyed) queueMicrotask(() => this.onSocketClose());
+  }
+
+  private onControlFrame(opcode: number, payload: Buffer): void {
+    if (opcode === Opcode.Ping) return this.onPing(payload);
+    if (opcode === Opcode.Pong) return this.onPong(payload);
+    this.onPeerClose(payload);
+  }
+
+  private onPing(payload: Buffer): void {
+    this.options.onPing?.(payload);
+    if (this.options.autoPong === false || this.closeSent) return;
+    if (!this.socket.writableNeedDrain) {
+      this.writes.writeControl(Opcode.Pong, payload);
+      return;
+    }
+    // The peer is not reading: keep one pong, for the latest ping (§5.5.3).
+    if (this.pendingPong === undefined) this.socket.once("drain", () => this.flushPong());
+    this.pendingPong = payload;
+  }
+
+  private flushPong(): void {
+    const payload = this.pendingPong;
+    this.pendingPong = undefined;
+    if (payload !== undefined && !this.closeSent) this.writes.writeControl(Opcode.Pong, payload);
+  }
+
+  private onPong(payload: Buffer): void {
+    this.options.onPong?.(payload);
+    const key = payload.toString("latin1");
+    if (!this.pings.has(key)) return;
+    const now = performance.now();
+    for (const [k, pending] of this.pings) {
+      this.pings.delete(k);
+      pending.resolve(now - pending.sentAt);
+      if (k === key) break;
+    }
+  }
+
+  /** onPeerClose answers a close frame (https://www.rfc-editor.org/rfc/rfc6455#section-5.5.1). */
+  private onPeerClose(payload: Buffer): void {
+    const parsed = decodeClosePayload(payload);
+    if ("error" in parsed) {
+      const errorCode = parsed.code === 1007 ? ErrorCode.InvalidUtf8 : ErrorCode.InvalidClosePayload;
+      return this.fail(parsed.code, errorCode, parsed.error);
+    }
+    this.receivedClose = parsed;
+    this.parser.stop();
+    const echo = parsed.code === StatusCode.NoStatusRcvd ? EMPTY : encodeClosePayload(parsed.code);
+    this.sendClose(new CloseError(parsed.code, parsed.reason, { remote: true }), echo);
+    // The server closes TCP first (§7.1.1); the client waits for it.
+    if (this.isServer) this.socket.end();
+  }
+
+  /**
+   * fail fails the connection (https://www.rfc-editor.org/rfc/rfc6455#section-7.1.7):
+   * it stops parsing, sends a close frame with `code` unless one was sent, and
+   * closes the TCP connection.
+   */
+  private fail(code: number, errorCode: ErrorCode, message: string): void {
+    this.parser.stop();
+    const reason = Buffer.byteLength(message) > 123 ? message.slice(0, 120) + "..." : message;
+    this.sendClose(new CloseError(code, reason, { errorCode }), encodeClosePayload(code, reason));
+    if (!this.socket.writableEnded) this.socket.end();
+  }
+
+  private sendClose(err: CloseError, payload: Buffer): void {
+    this.terminate(err);
+    if (this.closeSent || this.socket.destroyed) return;
+    this.closeSent = true;
+    this.writes.writeControl(Opcode.Close, payload);
+    this.armCloseTimer();
+  }
+
+  /** terminate records why the connection ends and wakes everything waiting on it. */
+  private terminate(err: CloseError): void {
+    if (this.closeError) return;
+    this.closeError = err;
+    this.reads.terminate(err);
+    this.writes.terminate(err);
+    for (const pending of this.pings.values()) pending.reject(err);
+    this.pings.clear();
+    this.closeReadController.abort(err);
+  }
+
+  private armCloseTimer(): void {
+    if (this.closeTimer !== undefined) return;
+    this.closeTimer = setTimeout(() => this.socket.destroy(), this.closeTimeout);
+    this.closeTimer.unref();
+  }
+
+  private onSocketEnd(): void {
+    if (this.receivedClose === undefined) {
+      this.terminate(new CloseError(StatusCode.AbnormalClosure, "connection closed without a close frame"));
+    }
+    if (!this.socket.writableEnded) this.socket.end();
+  }
+
+  private onSocketError(err: Error): void {
+    this.socketError = err;
+    this.terminate(new CloseError(StatusCode.AbnormalClosure, `connection failed: ${err.message}`, { cause: err }));
+  }
+
+  private onSocketClose(): void {
+    clearTimeout(this.closeTimer);
+    this.parser.stop();
+    this.terminate(new CloseError(StatusCode.AbnormalClosure, "connection closed without a close frame"));
+    const received = this.receivedClose;
+    this.resolveClosed({
+      code: received?.code ?? StatusCode.AbnormalClosure,
+      reason: received?.reason ?? "",
+      wasClean: this.closeSent && received !== undefined && this.socketError === undefined,
+    });
+  }
+}
+
+function checkReadLimit(limit: number): number {
+  if (typeof limit !== "number" || Number.isNaN(limit) || limit < 0) {
+    throw new RangeError(`read limit must be a non-negative number or Infinity, not ${String(limit)}`);
+  }
+  return limit;
+}
+
+function noop(): void {}

@@ -1,0 +1,198 @@
+/**
+ * The client side of the opening handshake over node:http(s): build the
+ * request, check the server's answer, hand the socket to a Conn.
+ *
+ * https://www.rfc-editor.org/rfc/rfc6455#section-4.1
+ */
+
+import { randomBytes } from "node:crypto";
+import * as http from "node:http";
+import * as https from "node:https";
+import type { Socket } from "node:net";
+import type { ConnectionOptions } from "node:tls";
+import { Conn, type ConnOptions } from "./conn.js";
+import { codedError, ErrorCode, HandshakeError } from "./errors.js";
+import { acceptKey, checkHeaders, hasToken, headerList, isToken, singleHeader } from "./handshake.js";
+import { DEFAULT_HANDSHAKE_TIMEOUT } from "./accept.js";
+import { connectThroughProxy, directConnection, type CreateConnection, type DialTarget } from "./proxy.js";
+
+/** The most bytes of a refused handshake's body kept in HandshakeError. */
+const MAX_ERROR_BODY = 64 * 1024;
+
+/** DialOptions configure `dial`. Every field is optional. */
+export interface DialOptions extends ConnOptions {
+  /** Extra request headers (Authorization, Cookie, …). CR, LF and NUL are refused. */
+  headers?: http.OutgoingHttpHeaders;
+  /** Subprotocols to offer, in order of preference. */
+  subprotocols?: string[];
+  /** Origin header to send, as a browser would. Default none. */
+  origin?: string;
+  /** Aborts the handshake; dial rejects with the signal's reason. */
+  signal?: AbortSignal;
+  /** Bound on the whole handshake, in ms. Default 10000. */
+  handshakeTimeout?: number;
+  /** TLS options for wss:// (ca, cert, key, servername, rejectUnauthorized, …). */
+  tls?: ConnectionOptions;
+  /**
+   * createConnection supplies the transport, like Go's NetDial: it receives
+   * the request options and returns a connected (or connecting) socket.
+   */
+  createConnection?: CreateConnection;
+  /** An HTTP CONNECT proxy URL (`http://user:pass@proxy:3128`) to tunnel through. */
+  proxy?: string;
+}
+
+type Target = DialTarget;
+
+/**
+ * dial opens a WebSocket connection to `url`: `ws://`, `wss://` (also
+ * `http://`, `https://`), or `ws+unix:///path/to.sock:/request/path` for a
+ * unix domain socket. It rejects with a HandshakeError (status, headers and up
+ * to 64 KiB of body) when the server refuses or answers wrongly, with the
+ * signal's reason on abort, with a `WS_ERR_HANDSHAKE_TIMEOUT` error after
+ * `handshakeTimeout`, and with "failed to dial" errors (the socket error as
+ * `cause`) when the connection itself fails. Throws (rejects) a coded error
+ * for a bad URL or bad headers.
+ */
+export async function dial(url: string | URL, options: DialOptions = {}): Promise<Conn> {
+  const target = parseTarget(url);
+  checkHeaders(options.headers);
+  for (const p of options.subprotocols ?? []) {
+    if (!isToken(p)) throw new TypeError(`subprotocol ${JSON.stringify(p)} is not a token`);
+  }
+  if (options.signal?.aborted) throw options.signal.reason;
+  const createConnection = options.proxy
+    ? await connectThroughProxy(options.proxy, target, options)
+    : (options.createConnection ?? directConnection(target, options.tls));
+  return handshake(target, options, createConnection);
+}
+
+function parseTarget(input: string | URL): Target {
+  let url: URL;
+  try {
+    url = new URL(input);
+  } catch (err) {
+    throw codedError(ErrorCode.InvalidUrl, `invalid WebSocket URL ${JSON.stringify(String(input))}`, err);
+  }
+  if (url.protocol === "ws+unix:") return unixTarget(url);
+  const secure = url.protocol === "wss:" || url.protocol === "https:";
+  if (!secure && url.protocol !== "ws:" && url.protocol !== "http:") {
+    throw codedError(ErrorCode.InvalidUrl, `unsupported URL scheme ${url.protocol}`);
+  }
+  if (url.hash !== "") throw codedError(ErrorCode.InvalidUrl, "a WebSocket URL must not have a fragment");
+  const host = url.hostname.startsWith("[") ? url.hostname.slice(1, -1) : url.hostname;
+  const port = url.port === "" ? (secure ? 443 : 80) : Number(url.port);
+  return { secure, host, port, path: (url.pathname || "/") + url.search, socketPath: undefined };
+}
+
+function unixTarget(url: URL): Target {
+  const [socketPath, path] = splitOnce(decodeURIComponent(url.pathname), ":");
+  if (socketPath === "") throw codedError(ErrorCode.InvalidUrl, "ws+unix URL without a socket path");
+  return { secure: false, host: "localhost", port: 80, path: (path || "/") + url.search, socketPath };
+}
+
+function splitOnce(s: string, sep: string): [string, string] {
+  const i = s.indexOf(sep);
+  return i < 0 ? [s, ""] : [s.slice(0, i), s.slice(i + 1)];
+}
+
+/** handshake sends the upgrade request and settles with the connection or the reason it failed. */
+function handshake(target: Target, options: DialOptions, createConnection: CreateConnection): Promise<Conn> {
+  const key = randomBytes(16).toString("base64");
+  const request = (target.secure ? https : http).request({
+    method: "GET",
+    host: target.host,
+    port: target.port,
+    path: target.path,
+    headers: requestHeaders(key, options),
+    createConnection: createConnection as http.RequestOptions["createConnection"],
+  });
+  return new Promise<Conn>((resolve, reject) => {
+    const timeout = options.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT;
+    const timer = setTimeout(() => {
+      request.destroy(codedError(ErrorCode.HandshakeTimeout, `failed to dial: handshake not done within ${timeout} ms`));
+    }, timeout);
+    const signal = options.signal;
+    const onAbort = (): void => void request.destroy(signal!.reason);
+    signal?.addEventListener("abort", onAbort, { once: true });
+    const settle = (): void => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+    };
+    request.on("error", (err) => {
+      settle();
+      reject(err === signal?.reason || (err as { code?: string }).code === ErrorCode.HandshakeTimeout ? err : dialError(err));
+    });
+    request.on("response", (res) => {
+      readBody(res).then((body) => {
+        settle();
+        reject(new HandshakeError(`failed to dial: server answered ${res.statusCode} instead of 101`, res.statusCode ?? 0, res.headers, body));
+      }, () => undefined);
+    });
+    request.on("upgrade", (res: http.IncomingMessage, socket: Socket, head: Buffer) => {
+      settle();
+      const problem = checkResponse(res, key, options.subprotocols ?? []);
+      if (problem) {
+        socket.destroy();
+        return reject(new HandshakeError(`failed to dial: ${problem}`, res.statusCode ?? 101, res.headers));
+      }
+      const subprotocol = singleHeader(res.headers, "sec-websocket-protocol") ?? "";
+      resolve(new Conn(socket, head, { ...options, role: "client", subprotocol }));
+    });
+    request.end();
+  });
+}
+
+function requestHeaders(key: string, options: DialOptions): http.OutgoingHttpHeaders {
+  const headers: http.OutgoingHttpHeaders = { ...options.headers };
+  if (options.origin !== undefined) headers["Origin"] = options.origin;
+  if (options.subprotocols && options.subprotocols.length > 0) {
+    headers["Sec-WebSocket-Protocol"] = options.subprotocols.join(", ");
+  }
+  headers["Connection"] = "Upgrade";
+  headers["Upgrade"] = "websocket";
+  headers["Sec-WebSocket-Key"] = key;
+  headers["Sec-WebSocket-Version"] = "13";
+  return headers;
+}
+
+/** checkResponse returns what is wrong with a 101 answer, if anything (§4.1). */
+function checkResponse(res: http.IncomingMessage, key: string, offered: string[]): string | undefined {
+  const h = res.headers;
+  if (!hasToken(h.upgrade, "websocket")) return "Upgrade header of the answer does not contain websocket";
+  if (!hasToken(h.connection, "upgrade")) return "Connection header of the answer does not contain Upgrade";
+  if (singleHeader(h, "sec-websocket-accept") !== acceptKey(key)) return "Sec-WebSocket-Accept does not match the key";
+  const protocols = headerList(h["sec-websocket-protocol"]);
+  if (protocols.length > 1 || (protocols.length === 1 && !offered.includes(protocols[0]!))) {
+    return `server selected subprotocol ${JSON.stringify(h["sec-websocket-protocol"])} which was not offered`;
+  }
+  if (h["sec-websocket-extensions"] !== undefined) {
+    return `server selected extensions ${JSON.stringify(h["sec-websocket-extensions"])} which were not offered`;
+  }
+  return undefined;
+}
+
+/** readBody collects up to 64 KiB of a refusal's body, then stops reading. */
+function readBody(res: http.IncomingMessage): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const done = (): void => {
+      res.destroy();
+      resolve(Buffer.concat(chunks).subarray(0, MAX_ERROR_BODY));
+    };
+    res.on("data", (chunk: Buffer) => {
+      chunks.push(chunk);
+      size += chunk.length;
+      if (size >= MAX_ERROR_BODY) done();
+    });
+    res.on("end", done);
+    res.on("error", reject);
+  });
+}
+
+function dialError(err: Error): Error {
+  const wrapped = new Error(`failed to dial: ${err.message}`, { cause: err });
+  (wrapped as Error & { code?: unknown }).code = (err as { code?: unknown }).code;
+  return wrapped;
+}

@@ -1,0 +1,216 @@
+/**
+ * A push parser for the WebSocket framing layer: the socket feeds it chunks as
+ * they arrive, it validates every header rule of RFC 6455 §5 and hands
+ * unmasked payload bytes to a sink without copying them.
+ *
+ * https://www.rfc-editor.org/rfc/rfc6455#section-5.2
+ */
+
+import { ErrorCode } from "./errors.js";
+import { MAX_CONTROL_PAYLOAD, MAX_HEADER_SIZE, Opcode } from "./frame.js";
+import { maskInPlace } from "./mask.js";
+
+/** FrameSink receives what the parser finds, in wire order. */
+export interface FrameSink {
+  /** A text, binary or continuation frame begins. */
+  onDataFrame(opcode: number, fin: boolean, rsv1: boolean, length: number): void;
+  /** Unmasked payload bytes of the current data frame; the sink may keep them. */
+  onDataPayload(chunk: Buffer): void;
+  /** The current data frame ended; `fin` ends the message. */
+  onDataFrameEnd(fin: boolean): void;
+  /** A whole control frame (close, ping or pong). */
+  onControlFrame(opcode: number, payload: Buffer): void;
+  /** The stream broke a framing rule; the parser has stopped. */
+  onFramingError(code: number, errorCode: ErrorCode, message: string): void;
+}
+
+/** FrameParserOptions say which frames are legal on this connection. */
+export interface FrameParserOptions {
+  /** Server side: every frame must be masked; client side: none may be. */
+  expectMasked: boolean;
+  /** RSV1 is legal on the first frame of a data message (permessage-deflate). */
+  allowRsv1: boolean;
+}
+
+const enum State {
+  Header,
+  Payload,
+}
+
+/** FrameParser is a push parser with one method per state. */
+export class FrameParser {
+  private state = State.Header;
+  private readonly scratch = Buffer.allocUnsafe(MAX_HEADER_SIZE);
+  private scratchLength = 0;
+  private readonly maskKey = Buffer.alloc(4);
+  private masked = false;
+  private fin = false;
+  private opcode = 0;
+  private payloadLeft = 0;
+  private payloadSeen = 0;
+  private control: Buffer | undefined;
+  private inFragmentedMessage = false;
+  private stopped = false;
+
+  constructor(
+    private readonly sink: FrameSink,
+    private readonly options: FrameParserOptions,
+  ) {}
+
+  /** stop makes the parser ignore everything from now on. */
+  stop(): void {
+    this.stopped = true;
+  }
+
+  /** push parses a chunk of bytes read from the socket. */
+  push(chunk: Buffer): void {
+    let pos = 0;
+    while (!this.stopped && (pos < chunk.length || this.zeroLengthPending())) {
+      pos = this.state === State.Header ? this.readHeader(chunk, pos) : this.readPayload(chunk, pos);
+    }
+  }
+
+  private zeroLengthPending(): boolean {
+    return this.state === State.Payload && this.payloadLeft === 0;
+  }
+
+  private readHeader(chunk: Buffer, pos: number): number {
+    if (this.scratchLength === 0) {
+      const available = chunk.length - pos;
+      const size = headerSize(chunk, pos, available);
+      if (size !== 0 && available >= size) {
+        this.decodeHeader(chunk, pos);
+        return pos + size;
+      }
+      chunk.copy(this.scratch, 0, pos);
+      this.scratchLength = available;
+      return chunk.length;
+    }
+    return this.readSplitHeader(chunk, pos);
+  }
+
+  /** readSplitHeader completes a header that began in an earlier chunk. */
+  private readSplitHeader(chunk: Buffer, pos: number): number {
+    const had = this.scratchLength;
+    const take = Math.min(MAX_HEADER_SIZE - had, chunk.length - pos);
+    chunk.copy(this.scratch, had, pos, pos + take);
+    const available = had + take;
+    const size = headerSize(this.scratch, 0, available);
+    if (size === 0 || available < size) {
+      this.scratchLength = available;
+      return pos + take;
+    }
+    this.scratchLength = 0;
+    this.decodeHeader(this.scratch, 0);
+    return pos + size - had;
+  }
+
+  private decodeHeader(buf: Buffer, pos: number): void {
+    const b0 = buf[pos]!;
+    const b1 = buf[pos + 1]!;
+    this.fin = (b0 & 0x80) !== 0;
+    this.opcode = b0 & 0x0f;
+    this.masked = (b1 & 0x80) !== 0;
+    const rsv1 = (b0 & 0x40) !== 0;
+    if ((b0 & 0x30) !== 0 || (rsv1 && !this.options.allowRsv1)) {
+      return this.fail(ErrorCode.UnexpectedRsv, "reserved bits set without a negotiated extension");
+    }
+    if (this.masked !== this.options.expectMasked) {
+      return this.masked
+        ? this.fail(ErrorCode.UnexpectedMask, "server frames must not be masked")
+        : this.fail(ErrorCode.ExpectedMask, "client frames must be masked");
+    }
+    const length = this.decodeLength(buf, pos, b1 & 0x7f);
+    if (length < 0) return;
+    if (this.masked) buf.copy(this.maskKey, 0, pos + headerSize(buf, pos, MAX_HEADER_SIZE) - 4);
+    this.payloadLeft = length;
+    this.payloadSeen = 0;
+    this.state = State.Payload;
+    if (this.opcode & 0x8) this.beginControlFrame(rsv1, length);
+    else this.beginDataFrame(rsv1, length);
+  }
+
+  /** decodeLength returns the payload length, or -1 after failing. */
+  private decodeLength(buf: Buffer, pos: number, length7: number): number {
+    if (length7 < 126) return length7;
+    if (length7 === 126) return buf.readUInt16BE(pos + 2);
+    const high = buf.readUInt32BE(pos + 2);
+    if (high & 0x80000000) {
+      this.fail(ErrorCode.InvalidLength, "64-bit payload length has its most significant bit set");
+      return -1;
+    }
+    const length = high * 0x100000000 + buf.readUInt32BE(pos + 6);
+    if (length > Number.MAX_SAFE_INTEGER) {
+      this.stopped = true;
+      this.sink.onFramingError(1009, ErrorCode.MessageTooBig, `frame of ${length} bytes is too big`);
+      return -1;
+    }
+    return length;
+  }
+
+  private beginControlFrame(rsv1: boolean, length: number): void {
+    const op = this.opcode;
+    if (op !== Opcode.Close && op !== Opcode.Ping && op !== Opcode.Pong) {
+      return this.fail(ErrorCode.InvalidOpcode, `reserved control opcode ${op}`);
+    }
+    if (!this.fin) return this.fail(ErrorCode.InvalidControlFrame, "control frames must not be fragmented");
+    if (length > MAX_CONTROL_PAYLOAD) {
+      return this.fail(ErrorCode.InvalidControlFrame, `control frame payload of ${length} bytes exceeds 125`);
+    }
+    if (rsv1) return this.fail(ErrorCode.UnexpectedRsv, "RSV1 set on a control frame");
+    this.control = Buffer.allocUnsafe(length);
+  }
+
+  private beginDataFrame(rsv1: boolean, length: number): void {
+    const op = this.opcode;
+    if (op === Opcode.Continuation) {
+      if (!this.inFragmentedMessage) return this.fail(ErrorCode.UnexpectedContinuation, "continuation frame without a message to continue");
+      if (rsv1) return this.fail(ErrorCode.UnexpectedRsv, "RSV1 set on a continuation frame");
+    } else if (op === Opcode.Text || op === Opcode.Binary) {
+      if (this.inFragmentedMessage) return this.fail(ErrorCode.ExpectedContinuation, "new message started before the fragmented one ended");
+    } else {
+      return this.fail(ErrorCode.InvalidOpcode, `reserved data opcode ${op}`);
+    }
+    this.inFragmentedMessage = !this.fin;
+    this.control = undefined;
+    this.sink.onDataFrame(op, this.fin, rsv1, length);
+  }
+
+  private readPayload(chunk: Buffer, pos: number): number {
+    const n = Math.min(this.payloadLeft, chunk.length - pos);
+    if (n > 0) {
+      const data = chunk.subarray(pos, pos + n);
+      if (this.masked) maskInPlace(data, this.maskKey, this.payloadSeen);
+      if (this.control) data.copy(this.control, this.payloadSeen);
+      else this.sink.onDataPayload(data);
+      this.payloadSeen += n;
+      this.payloadLeft -= n;
+    }
+    if (this.payloadLeft === 0 && !this.stopped) this.endFrame();
+    return pos + n;
+  }
+
+  private endFrame(): void {
+    this.state = State.Header;
+    const control = this.control;
+    if (control) {
+      this.control = undefined;
+      this.sink.onControlFrame(this.opcode, control);
+    } else {
+      this.sink.onDataFrameEnd(this.fin);
+    }
+  }
+
+  private fail(errorCode: ErrorCode, message: string): void {
+    this.stopped = true;
+    this.sink.onFramingError(1002, errorCode, message);
+  }
+}
+
+/** headerSize returns the size of the header at `pos`, or 0 when fewer than 2 bytes are there. */
+function headerSize(buf: Buffer, pos: number, available: number): number {
+  if (available < 2) return 0;
+  const b1 = buf[pos + 1]!;
+  const length7 = b1 & 0x7f;
+  return 2 + (length7 === 126 ? 2 : length7 === 127 ? 8 : 0) + (b1 & 0x80 ? 4 : 0);
+}

@@ -1,0 +1,30 @@
+/**
+ * wsconn: WebSocket (RFC 6455) for Node.js with the connection model of Go's
+ * coder/websocket (nhooyr): a small `Conn` whose reads and writes take an
+ * AbortSignal, `ping` that awaits its pong, `closeRead`, `setReadLimit`, and
+ * async iteration; plus the handshake helpers gorilla/websocket users expect.
+ * Zero runtime dependencies.
+ *
+ * Server: `accept(req, socket, head, options)` from an http server's
+ * `'upgrade'` event, or `serve(options, handler)`. Client: `dial(url, options)`.
+ *
+ * @packageDocumentation
+ */
+
+export { accept, type AcceptOptions } from "./accept.js";
+export { serve, type ServeOptions, type Handler } from "./serve.js";
+export { dial, type DialOptions } from "./dial.js";
+export { Conn, type CloseInfo, type ConnOptions } from "./conn.js";
+export type { Message, StreamedMessage } from "./read.js";
+export type { MessageData } from "./write.js";
+export { MessageType } from "./frame.js";
+export {
+  StatusCode,
+  CloseError,
+  closeStatus,
+  isCloseError,
+  isUnexpectedCloseError,
+  type CloseErrorOptions,
+} from "./close.js";
+export { HandshakeError, ErrorCode, type CodedError } from "./errors.js";
+export { isWebSocketUpgrade } from "./upgrade.js";

@@ -1,0 +1,98 @@
+/**
+ * A first-come first-served mutex whose waiters can give up: an AbortSignal
+ * removes a waiter from the queue, and `fail` rejects every waiter at once when
+ * the connection closes.
+ */
+
+interface Waiter {
+  resolve(): void;
+  reject(err: unknown): void;
+  cleanup(): void;
+  done: boolean;
+}
+
+/** AbortableLock serializes reads or writes of one connection. */
+export class AbortableLock {
+  private held = false;
+  private queue: Waiter[] = [];
+  private head = 0;
+  private failure: unknown;
+  private failed = false;
+
+  /** tryAcquire takes the lock when it is free and nobody waits. */
+  tryAcquire(): boolean {
+    if (this.held || this.failed || this.head < this.queue.length) return false;
+    this.held = true;
+    return true;
+  }
+
+  /**
+   * acquire resolves once the lock is held. It rejects with the signal's reason
+   * on abort (leaving the queue as if it never asked) and with the failure
+   * given to `fail`.
+   */
+  acquire(signal?: AbortSignal): Promise<void> {
+    if (this.failed) return Promise.reject(this.failure);
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    if (this.tryAcquire()) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const waiter: Waiter = { resolve, reject, cleanup: noop, done: false };
+      if (signal) {
+        const onAbort = (): void => this.settle(waiter, signal.reason);
+        signal.addEventListener("abort", onAbort, { once: true });
+        waiter.cleanup = () => signal.removeEventListener("abort", onAbort);
+      }
+      this.queue.push(waiter);
+    });
+  }
+
+  /** release hands the lock to the next live waiter, or frees it. */
+  release(): void {
+    while (this.head < this.queue.length) {
+      const waiter = this.queue[this.head]!;
+      this.queue[this.head++] = undefined as unknown as Waiter;
+      if (waiter.done) continue;
+      this.compact();
+      waiter.done = true;
+      waiter.cleanup();
+      waiter.resolve();
+      return;
+    }
+    this.compact();
+    this.held = false;
+  }
+
+  /** fail rejects every waiter and every later acquire with `err`. */
+  fail(err: unknown): void {
+    if (this.failed) return;
+    this.failed = true;
+    this.failure = err;
+    for (let i = this.head; i < this.queue.length; i++) this.settle(this.queue[i]!, err);
+    this.queue = [];
+    this.head = 0;
+  }
+
+  /** isHeld tells whether someone holds the lock. */
+  get isHeld(): boolean {
+    return this.held;
+  }
+
+  private settle(waiter: Waiter, err: unknown): void {
+    if (waiter.done) return;
+    waiter.done = true;
+    waiter.cleanup();
+    waiter.reject(err);
+  }
+
+  private compact(): void {
+    if (this.head === this.queue.length) {
+      this.queue = [];
+      this.head = 0;
+    } else if (this.head > 64 && this.head * 2 > this.queue.length) {
+      this.queue = this.queue.slice(this.head);
+      this.head = 0;
+    }
+  }
+}
+
+function noop(): void {}

@@ -1,0 +1,410 @@
+/**
+ * The read side of a connection: incoming data messages are assembled as the
+ * socket delivers their frames, validated (UTF-8, read limit), queued with a
+ * bounded amount of unread bytes, and handed to read, reader, closeRead and
+ * iteration. Control frames never come here; the connection answers them as
+ * they arrive.
+ *
+ * https://www.rfc-editor.org/rfc/rfc6455#section-6.2
+ */
+
+import { Readable } from "node:stream";
+import type { CloseError } from "./close.js";
+import { ErrorCode } from "./errors.js";
+import { MessageType } from "./frame.js";
+import { AbortableLock } from "./internal/lock.js";
+import { Utf8Validator } from "./internal/utf8.js";
+
+/** Message is one data message returned by `Conn.read`. */
+export interface Message {
+  /** Text or binary. */
+  readonly type: MessageType;
+  /** The whole payload. For text it is valid UTF-8. */
+  readonly data: Buffer;
+  /** text decodes the payload as UTF-8. */
+  text(): string;
+}
+
+/** StreamedMessage is one data message returned by `Conn.reader`. */
+export interface StreamedMessage {
+  /** Text or binary. */
+  readonly type: MessageType;
+  /** The payload, delivered as its frames arrive; ends with the message. */
+  readonly stream: Readable;
+}
+
+class ReceivedMessage implements Message {
+  constructor(
+    readonly type: MessageType,
+    readonly data: Buffer,
+  ) {}
+
+  text(): string {
+    return this.data.toString("utf8");
+  }
+}
+
+/** What the read side needs from its connection. */
+export interface ReadHost {
+  pauseSocket(): void;
+  resumeSocket(): void;
+  /** fail fails the connection: sends `code`, rejects everything pending. */
+  fail(code: number, errorCode: ErrorCode, message: string): void;
+}
+
+/** InboundMessage is a message being received or waiting to be read. */
+class InboundMessage {
+  readonly chunks: Buffer[] = [];
+  taken = 0;
+  size = 0;
+  complete = false;
+  failed = false;
+  /** A read() has claimed it and buffers it whole, up to the read limit. */
+  buffersWhole = false;
+  /** Its reader stream was destroyed: later bytes are validated, then dropped. */
+  discard = false;
+
+  constructor(readonly type: MessageType) {}
+
+  hasChunk(): boolean {
+    return this.taken < this.chunks.length;
+  }
+
+  nextChunk(): Buffer {
+    const chunk = this.chunks[this.taken]!;
+    this.chunks[this.taken++] = undefined as unknown as Buffer;
+    return chunk;
+  }
+}
+
+/** Unread bytes past which the socket is paused. */
+export const READ_HIGH_WATER_MARK = 256 * 1024;
+
+const EMPTY = Buffer.alloc(0);
+
+/** ReadSide owns the incoming message queue of one connection. */
+export class ReadSide {
+  readonly lock = new AbortableLock();
+  readLimit: number;
+  private readonly inbox: InboundMessage[] = [];
+  private receiving: InboundMessage | undefined;
+  private readonly utf8 = new Utf8Validator();
+  private buffered = 0;
+  private paused = false;
+  private wake: (() => void) | undefined;
+  private error: CloseError | undefined;
+  private closeReading = false;
+
+  constructor(
+    private readonly host: ReadHost,
+    readLimit: number,
+  ) {
+    this.readLimit = readLimit;
+  }
+
+  // ---- fed by the connection, in wire order ----
+
+  /**
+   * startMessage opens a new data message. It returns false after failing the
+   * connection. Once the connection is closing, messages are parsed and dropped.
+   */
+  startMessage(type: MessageType): boolean {
+    const message = new InboundMessage(type);
+    this.receiving = message;
+    if (this.error) return true;
+    if (this.closeReading) {
+      this.host.fail(1008, ErrorCode.UnexpectedData, "unexpected data message after closeRead");
+      return false;
+    }
+    this.inbox.push(message);
+    this.notify();
+    return true;
+  }
+
+  /**
+   * admitsFrame tells whether `length` more bytes fit the read limit, failing
+   * the connection with 1009 before any of them arrives when they do not.
+   */
+  admitsFrame(length: number): boolean {
+    const message = this.receiving!;
+    if (this.error || message.size + length <= this.readLimit) return true;
+    this.failTooBig(message.size + length);
+    return false;
+  }
+
+  /** appendPayload adds (decompressed) payload bytes to the message being received. */
+  appendPayload(chunk: Buffer): void {
+    if (this.error) return;
+    const message = this.receiving!;
+    if (message.type === MessageType.Text && !this.utf8.push(chunk)) {
+      return this.host.fail(1007, ErrorCode.InvalidUtf8, "text message is not valid UTF-8");
+    }
+    message.size += chunk.length;
+    if (message.size > this.readLimit) return this.failTooBig(message.size);
+    if (message.discard) return;
+    message.chunks.push(chunk);
+    if (!message.buffersWhole) this.addBuffered(chunk.length);
+    this.notify();
+  }
+
+  /** endMessage completes the message being received. */
+  endMessage(): void {
+    const message = this.receiving!;
+    this.receiving = undefined;
+    if (this.error) return;
+    if (message.type === MessageType.Text && !this.utf8.end()) {
+      return this.host.fail(1007, ErrorCode.InvalidUtf8, "text message ends inside a UTF-8 sequence");
+    }
+    message.complete = true;
+    this.notify();
+  }
+
+  /**
+   * terminate ends reading with `err`: an incomplete message fails, complete
+   * queued messages stay readable, then every read rejects with `err`.
+   */
+  terminate(err: CloseError): void {
+    if (this.error) return;
+    this.error = err;
+    const message = this.receiving;
+    if (message) {
+      message.failed = true;
+      const index = this.inbox.indexOf(message);
+      if (index >= 0) this.inbox.splice(index, 1);
+    }
+    this.utf8.reset();
+    this.notify();
+  }
+
+  // ---- consumers ----
+
+  /** read implements Conn.read. */
+  read(signal?: AbortSignal): Promise<Message> {
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    if (!this.lock.tryAcquire()) return this.readSlowly(signal, false);
+    const head = this.inbox[0];
+    if (head === undefined || !head.complete) return this.readSlowly(signal, true);
+    this.inbox.shift();
+    const message = this.takeWhole(head);
+    this.lock.release();
+    return Promise.resolve(message);
+  }
+
+  private async readSlowly(signal: AbortSignal | undefined, locked: boolean): Promise<Message> {
+    if (!locked) await this.lock.acquire(signal);
+    try {
+      const message = await this.nextMessage(signal);
+      message.buffersWhole = true;
+      this.consumed(this.bytesQueued(message));
+      while (!message.complete) {
+        if (message.failed) throw this.error;
+        await this.waitMidMessage(signal);
+      }
+      return this.takeWhole(message);
+    } finally {
+      this.lock.release();
+    }
+  }
+
+  /** reader implements Conn.reader. */
+  async reader(signal?: AbortSignal): Promise<StreamedMessage> {
+    if (signal?.aborted) throw signal.reason;
+    await this.lock.acquire(signal);
+    let message: InboundMessage;
+    try {
+      message = await this.nextMessage(signal);
+    } catch (err) {
+      this.lock.release();
+      throw err;
+    }
+    return { type: message.type, stream: new MessageReadable(this, message, signal) };
+  }
+
+  /**
+   * closeRead implements Conn.closeRead: from now on a data message, or one
+   * already waiting, fails the connection with 1008.
+   */
+  closeRead(): void {
+    this.closeReading = true;
+    if (this.inbox.length > 0) {
+      this.host.fail(1008, ErrorCode.UnexpectedData, "unexpected data message after closeRead");
+      return;
+    }
+    this.resumeIfPaused();
+  }
+
+  /** nextMessage waits for the next message to begin and takes it off the queue. */
+  private async nextMessage(signal: AbortSignal | undefined): Promise<InboundMessage> {
+    for (;;) {
+      const head = this.inbox.shift();
+      if (head !== undefined) return head;
+      if (this.error) throw this.error;
+      await this.waitEvent(signal);
+    }
+  }
+
+  /** waitMidMessage waits for more of a begun message; an abort now fails the connection. */
+  async waitMidMessage(signal: AbortSignal | undefined): Promise<void> {
+    try {
+      await this.waitEvent(signal);
+    } catch (reason) {
+      this.failMidMessage();
+      throw reason;
+    }
+  }
+
+  /** failMidMessage fails the connection after an abort left a message half read. */
+  failMidMessage(): void {
+    this.host.fail(1011, ErrorCode.AbortedMidMessage, "read aborted in the middle of a message");
+  }
+
+  /** waitEvent resolves at the next change of the queue or state, rejects on abort. */
+  waitEvent(signal: AbortSignal | undefined): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      if (signal === undefined) {
+        this.wake = resolve;
+        return;
+      }
+      if (signal.aborted) return reject(signal.reason);
+      const onAbort = (): void => {
+        this.wake = undefined;
+        reject(signal.reason);
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+      this.wake = () => {
+        signal.removeEventListener("abort", onAbort);
+        resolve();
+      };
+    });
+  }
+
+  /** setWake makes the next change call `fn` (a reader stream's pump). */
+  setWake(fn: (() => void) | undefined): void {
+    this.wake = fn;
+  }
+
+  private notify(): void {
+    const wake = this.wake;
+    if (wake === undefined) return;
+    this.wake = undefined;
+    wake();
+  }
+
+  private takeWhole(message: InboundMessage): Message {
+    const { chunks, taken } = message;
+    const count = chunks.length - taken;
+    if (!message.buffersWhole) this.consumed(message.size);
+    if (count === 1) return new ReceivedMessage(message.type, chunks[taken]!);
+    if (count === 0) return new ReceivedMessage(message.type, EMPTY);
+    return new ReceivedMessage(message.type, Buffer.concat(taken === 0 ? chunks : chunks.slice(taken), message.size));
+  }
+
+  private bytesQueued(message: InboundMessage): number {
+    let total = 0;
+    for (let i = message.taken; i < message.chunks.length; i++) total += message.chunks[i]!.length;
+    return total;
+  }
+
+  /** takeChunk gives a reader stream the next chunk of its message. */
+  takeChunk(message: InboundMessage): Buffer {
+    const chunk = message.nextChunk();
+    this.consumed(chunk.length);
+    return chunk;
+  }
+
+  /** abandon drops what is left of a message whose reader stream was destroyed. */
+  abandon(message: InboundMessage): void {
+    message.discard = true;
+    this.consumed(this.bytesQueued(message));
+    message.chunks.length = 0;
+    message.taken = 0;
+  }
+
+  get failure(): CloseError | undefined {
+    return this.error;
+  }
+
+  private failTooBig(size: number): void {
+    this.host.fail(1009, ErrorCode.MessageTooBig, `message of at least ${size} bytes exceeds the read limit of ${this.readLimit}`);
+  }
+
+  private addBuffered(n: number): void {
+    this.buffered += n;
+    if (!this.paused && this.buffered > READ_HIGH_WATER_MARK && !this.closeReading) {
+      this.paused = true;
+      this.host.pauseSocket();
+    }
+  }
+
+  private consumed(n: number): void {
+    this.buffered -= n;
+    if (this.buffered <= READ_HIGH_WATER_MARK / 2) this.resumeIfPaused();
+  }
+
+  private resumeIfPaused(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    this.host.resumeSocket();
+  }
+}
+
+/**
+ * MessageReadable streams one message's payload. It holds the read lock until
+ * the message ends or the stream is destroyed; destroying it early discards the
+ * rest of the message and leaves the connection usable, while an abort of the
+ * reader's signal mid-message fails the connection.
+ */
+class MessageReadable extends Readable {
+  private finished = false;
+  private readonly onAbort: (() => void) | undefined;
+
+  constructor(
+    private readonly side: ReadSide,
+    private readonly message: InboundMessage,
+    private readonly signal: AbortSignal | undefined,
+  ) {
+    super();
+    if (signal) {
+      this.onAbort = () => this.abortMidMessage();
+      signal.addEventListener("abort", this.onAbort, { once: true });
+    }
+  }
+
+  override _read(): void {
+    const { side, message } = this;
+    while (message.hasChunk()) {
+      if (!this.push(side.takeChunk(message))) return;
+    }
+    if (message.complete) {
+      this.finish();
+      this.push(null);
+    } else if (message.failed) {
+      this.destroy(side.failure);
+    } else {
+      side.setWake(() => this._read());
+    }
+  }
+
+  override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
+    if (!this.finished) {
+      this.side.setWake(undefined);
+      if (!this.message.complete) this.side.abandon(this.message);
+      this.finish();
+    }
+    callback(err);
+  }
+
+  private abortMidMessage(): void {
+    if (this.finished) return;
+    const receivedWhole = this.message.complete;
+    this.destroy(this.signal!.reason);
+    if (!receivedWhole) this.side.failMidMessage();
+  }
+
+  private finish(): void {
+    if (this.finished) return;
+    this.finished = true;
+    if (this.onAbort) this.signal!.removeEventListener("abort", this.onAbort);
+    this.side.lock.release();
+  }
+}

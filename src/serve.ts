@@ -1,0 +1,112 @@
+/**
+ * serve: an HTTP(S) server with safe limits that accepts WebSocket
+ * connections, for users who do not bring their own server.
+ */
+
+import * as http from "node:http";
+import * as https from "node:https";
+import type { Duplex } from "node:stream";
+import { accept, type AcceptOptions, DEFAULT_HANDSHAKE_TIMEOUT } from "./accept.js";
+import { StatusCode } from "./close.js";
+import type { Conn } from "./conn.js";
+import { hasToken } from "./handshake.js";
+
+/** The largest request head serve accepts, in bytes (Node's default is 16 KiB). */
+export const SERVE_MAX_HEADER_SIZE = 8 * 1024;
+
+/** The most request headers serve parses. */
+export const SERVE_MAX_HEADERS = 64;
+
+/** ServeOptions configure `serve`; the accept options apply to every connection. */
+export interface ServeOptions extends AcceptOptions {
+  /** TCP port. Default 0: any free port (read it from `server.address()`). */
+  port?: number;
+  /** Interface to listen on. Default: all interfaces, as with net.Server. */
+  host?: string;
+  /** Only upgrade requests for this path (query ignored); others get 404. Default any path. */
+  path?: string;
+  /** When given, serve HTTPS (wss://) with these options (key, cert, …). */
+  tls?: https.ServerOptions;
+  /** Bound on the request head (slowloris), in ms. Default handshakeTimeout, 10000. */
+  headersTimeout?: number;
+  /** Largest request head in bytes. Default 8192. */
+  maxHeaderSize?: number;
+}
+
+/** Handler is called for every accepted connection. A rejection closes it with 1011. */
+export type Handler = (conn: Conn, req: http.IncomingMessage) => void | Promise<void>;
+
+/**
+ * serve starts an HTTP server (HTTPS with `tls`) listening on `port`/`host`
+ * that accepts WebSocket upgrades and calls `handler` for each connection. It
+ * sets safe limits: a request head must arrive within `headersTimeout`, be at
+ * most `maxHeaderSize` bytes with at most 64 headers; plain HTTP requests are
+ * answered 426 Upgrade Required. Resolves with the listening server; close it
+ * with `server.close()`, which leaves open connections to you (close them,
+ * or use a Hub). Rejects if the server cannot listen.
+ */
+export async function serve(options: ServeOptions, handler: Handler): Promise<http.Server> {
+  const timeout = options.headersTimeout ?? options.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT;
+  const serverOptions: http.ServerOptions = {
+    maxHeaderSize: options.maxHeaderSize ?? SERVE_MAX_HEADER_SIZE,
+    headersTimeout: timeout,
+    requestTimeout: timeout,
+  };
+  const server = options.tls ? https.createServer({ ...serverOptions, ...options.tls }) : http.createServer(serverOptions);
+  server.maxHeadersCount = SERVE_MAX_HEADERS;
+  server.on("request", answerPlainRequest);
+  server.on("clientError", (err: Error & { code?: string }, socket: Duplex) => refuseMalformed(err, socket));
+  server.on("upgrade", (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
+    void upgrade(req, socket, head, options, handler);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(options.port ?? 0, options.host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  return server;
+}
+
+async function upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer, options: ServeOptions, handler: Handler): Promise<void> {
+  socket.on("error", () => socket.destroy());
+  if (options.path !== undefined && pathOf(req.url) !== options.path) {
+    socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", () => socket.destroy());
+    return;
+  }
+  let conn: Conn;
+  try {
+    conn = await accept(req, socket, head, options);
+  } catch {
+    return; // accept answered the HTTP error already
+  }
+  try {
+    await handler(conn, req);
+  } catch {
+    await conn.close(StatusCode.InternalError, "handler failed").catch(() => undefined);
+  }
+}
+
+function pathOf(url: string | undefined): string {
+  const path = url ?? "/";
+  const q = path.indexOf("?");
+  return q < 0 ? path : path.slice(0, q);
+}
+
+function answerPlainRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
+  const body = hasToken(req.headers.upgrade, "websocket")
+    ? "WebSocket upgrade requests must use GET with Connection: Upgrade\n"
+    : "this endpoint speaks WebSocket only\n";
+  res.writeHead(426, { "Content-Type": "text/plain; charset=utf-8", Upgrade: "websocket", Connection: "Upgrade, close", "Sec-WebSocket-Version": "13" });
+  res.end(body);
+}
+
+/** refuseMalformed answers a request Node's parser rejected: 431 too large, 408 too slow, else 400. */
+function refuseMalformed(err: Error & { code?: string }, socket: Duplex): void {
+  if (!socket.writable) return void socket.destroy();
+  const status =
+    err.code === "HPE_HEADER_OVERFLOW" ? 431 : err.code === "ERR_HTTP_REQUEST_TIMEOUT" ? 408 : 400;
+  const text = http.STATUS_CODES[status];
+  socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`, () => socket.destroy());
+}

@@ -1,0 +1,261 @@
+/**
+ * The write side of a connection: one message at a time on the wire (control
+ * frames may pass between the frames of a streamed message), and a single
+ * function, writeFrame, through which every frame leaves.
+ *
+ * https://www.rfc-editor.org/rfc/rfc6455#section-5.4
+ */
+
+import type { Socket } from "node:net";
+import { Writable } from "node:stream";
+import type { CloseError } from "./close.js";
+import { ErrorCode } from "./errors.js";
+import { firstHeaderByte, frameHeaderSize, MessageType, Opcode, writeFrameHeader } from "./frame.js";
+import { AbortableLock } from "./internal/lock.js";
+import { maskInPlace } from "./mask.js";
+
+/** Data accepted by write: bytes, or a string sent as its UTF-8 encoding. */
+export type MessageData = Buffer | Uint8Array | string;
+
+/** What the write side needs from its connection. */
+export interface WriteHost {
+  fail(code: number, errorCode: ErrorCode, message: string): void;
+}
+
+/**
+ * Payloads up to this size are copied behind their header into one buffer;
+ * larger ones go out as two corked writes, without a copy.
+ */
+const COALESCE_LIMIT = 16 * 1024;
+
+const RESOLVED = Promise.resolve();
+const EMPTY = Buffer.alloc(0);
+
+/** toPayload turns message data into bytes without copying bytes it is given. */
+export function toPayload(data: MessageData): Uint8Array {
+  if (typeof data === "string") return Buffer.from(data, "utf8");
+  if (data instanceof Uint8Array) return data;
+  throw new TypeError("message data must be a Buffer, a Uint8Array or a string");
+}
+
+/** checkMessageType throws a TypeError for anything but Text or Binary. */
+export function checkMessageType(type: MessageType): void {
+  if (type !== MessageType.Text && type !== MessageType.Binary) {
+    throw new TypeError(`message type must be MessageType.Text or MessageType.Binary, not ${String(type)}`);
+  }
+}
+
+/** WriteSide owns the outgoing frames of one connection. */
+export class WriteSide {
+  /** Held by a write or writer for the whole message. */
+  readonly lock = new AbortableLock();
+  private error: CloseError | undefined;
+  private drainWaiters: Array<{ resolve(): void; reject(err: unknown): void }> = [];
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly masked: boolean,
+    readonly host: WriteHost,
+  ) {
+    socket.on("drain", () => this.onDrain());
+  }
+
+  /**
+   * writeFrame is the one place a frame leaves: header and payload in one
+   * buffer or one corked write, masked with a fresh key on the client side.
+   * It returns false when the socket's buffer is full.
+   */
+  writeFrame(firstByte: number, payload: Uint8Array): boolean {
+    const length = payload.length;
+    const headerSize = frameHeaderSize(length, this.masked);
+    if (this.masked || length <= COALESCE_LIMIT) {
+      const frame = Buffer.allocUnsafe(headerSize + length);
+      const offset = writeFrameHeader(frame, 0, firstByte, length, this.masked);
+      frame.set(payload, offset);
+      if (this.masked) maskInPlace(frame.subarray(offset), frame.subarray(offset - 4, offset));
+      return this.socket.write(frame);
+    }
+    const header = Buffer.allocUnsafe(headerSize);
+    writeFrameHeader(header, 0, firstByte, length, false);
+    this.socket.cork();
+    this.socket.write(header);
+    const ok = this.socket.write(payload);
+    this.socket.uncork();
+    return ok;
+  }
+
+  /** writeControl sends a control frame at once, between message frames if need be. */
+  writeControl(opcode: number, payload: Uint8Array): boolean {
+    return this.writeFrame(firstHeaderByte(true, false, opcode), payload);
+  }
+
+  /** write implements Conn.write. */
+  write(type: MessageType, data: MessageData, signal?: AbortSignal): Promise<void> {
+    let payload: Uint8Array;
+    try {
+      checkMessageType(type);
+      payload = toPayload(data);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    if (this.error) return Promise.reject(this.error);
+    if (this.lock.tryAcquire()) return this.sendWhole(type, payload, signal);
+    return this.lock.acquire(signal).then(() => this.sendWhole(type, payload, signal));
+  }
+
+  private sendWhole(opcode: number, payload: Uint8Array, signal: AbortSignal | undefined): Promise<void> {
+    if (this.error) {
+      this.lock.release();
+      return Promise.reject(this.error);
+    }
+    if (this.writeFrame(firstHeaderByte(true, false, opcode), payload)) {
+      this.lock.release();
+      return RESOLVED;
+    }
+    const drained = this.drained(signal);
+    drained.then(
+      () => this.lock.release(),
+      () => this.lock.release(),
+    );
+    return drained;
+  }
+
+  /** writer implements Conn.writer. */
+  writer(type: MessageType, signal?: AbortSignal): Writable {
+    checkMessageType(type);
+    return new MessageWritable(this, type, signal);
+  }
+
+  /**
+   * drained resolves when the socket drains. An abort while waiting fails the
+   * connection, since bytes of the message are already on the wire.
+   */
+  drained(signal: AbortSignal | undefined): Promise<void> {
+    if (this.error) return Promise.reject(this.error);
+    return new Promise<void>((resolve, reject) => {
+      const waiter = { resolve, reject };
+      this.drainWaiters.push(waiter);
+      if (signal === undefined) return;
+      const onAbort = (): void => {
+        this.removeWaiter(waiter);
+        this.host.fail(1011, ErrorCode.AbortedMidMessage, "write aborted after bytes of the message were sent");
+        reject(signal.reason);
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+      waiter.resolve = () => {
+        signal.removeEventListener("abort", onAbort);
+        resolve();
+      };
+      waiter.reject = (err) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(err);
+      };
+    });
+  }
+
+  /** terminate rejects every waiting write with `err`; later writes reject with it too. */
+  terminate(err: CloseError): void {
+    if (this.error) return;
+    this.error = err;
+    this.lock.fail(err);
+    const waiters = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const waiter of waiters) waiter.reject(err);
+  }
+
+  get failure(): CloseError | undefined {
+    return this.error;
+  }
+
+  private onDrain(): void {
+    const waiters = this.drainWaiters;
+    if (waiters.length === 0) return;
+    this.drainWaiters = [];
+    for (const waiter of waiters) waiter.resolve();
+  }
+
+  private removeWaiter(waiter: { resolve(): void; reject(err: unknown): void }): void {
+    const index = this.drainWaiters.indexOf(waiter);
+    if (index >= 0) this.drainWaiters.splice(index, 1);
+  }
+}
+
+/**
+ * MessageWritable sends one message as one frame per write (several writes
+ * buffered together become one frame). It asks for the write lock when it is
+ * created, so writes made after it wait for its end().
+ */
+class MessageWritable extends Writable {
+  private readonly ready: Promise<void>;
+  private holdsLock = false;
+  private started = false;
+  private ended = false;
+  private readonly onAbort: (() => void) | undefined;
+
+  constructor(
+    private readonly side: WriteSide,
+    private readonly type: MessageType,
+    private readonly signal: AbortSignal | undefined,
+  ) {
+    super({ decodeStrings: true });
+    this.ready = side.lock.acquire(signal).then(() => {
+      this.holdsLock = true;
+      if (this.destroyed) this.releaseLock();
+    });
+    this.ready.catch((err: unknown) => this.destroy(err as Error));
+    if (signal && !signal.aborted) {
+      this.onAbort = () => this.abort();
+      signal.addEventListener("abort", this.onAbort, { once: true });
+    }
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    this.ready.then(() => this.sendFrame(chunk, false, callback), callback);
+  }
+
+  override _writev(chunks: Array<{ chunk: Buffer }>, callback: (error?: Error | null) => void): void {
+    const payload = chunks.length === 1 ? chunks[0]!.chunk : Buffer.concat(chunks.map((c) => c.chunk));
+    this.ready.then(() => this.sendFrame(payload, false, callback), callback);
+  }
+
+  override _final(callback: (error?: Error | null) => void): void {
+    this.ready.then(() => this.sendFrame(EMPTY, true, callback), callback);
+  }
+
+  override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
+    if (this.onAbort) this.signal!.removeEventListener("abort", this.onAbort);
+    if (this.started && !this.ended) {
+      this.ended = true;
+      this.side.host.fail(1011, ErrorCode.AbortedMidMessage, "message writer destroyed in the middle of a message");
+    }
+    this.releaseLock();
+    callback(err);
+  }
+
+  private sendFrame(payload: Buffer, fin: boolean, callback: (error?: Error | null) => void): void {
+    const failure = this.side.failure;
+    if (failure) return callback(failure);
+    const opcode = this.started ? Opcode.Continuation : this.type;
+    this.started = true;
+    const ok = this.side.writeFrame(firstHeaderByte(fin, false, opcode), payload);
+    if (fin) {
+      this.ended = true;
+      this.releaseLock();
+    }
+    if (ok) return callback();
+    this.side.drained(undefined).then(() => callback(), callback);
+  }
+
+  private abort(): void {
+    if (this.ended) return;
+    this.destroy(this.signal!.reason);
+  }
+
+  private releaseLock(): void {
+    if (!this.holdsLock) return;
+    this.holdsLock = false;
+    if (this.onAbort) this.signal!.removeEventListener("abort", this.onAbort);
+    this.side.lock.release();
+  }
+}

@@ -1,0 +1,66 @@
+/**
+ * Test helpers: servers and clients on 127.0.0.1 port 0, closed by the test
+ * that opened them.
+ */
+
+import * as http from "node:http";
+import * as net from "node:net";
+import type { AddressInfo } from "node:net";
+import { accept, type AcceptOptions, type Conn } from "../../src/index.js";
+
+/** A wsconn server on an ephemeral port, handing each Conn to `onConn`. */
+export interface TestServer {
+  url: string;
+  port: number;
+  server: http.Server;
+  /** Every Conn accepted so far. */
+  conns: Conn[];
+  /** Resolves with the next Conn accepted. */
+  nextConn(): Promise<Conn>;
+  /** Closes the server and drops every connection. */
+  close(): Promise<void>;
+}
+
+/** startServer listens on 127.0.0.1:0 and accepts every upgrade with `options`. */
+export async function startServer(options: AcceptOptions = {}, onConn?: (conn: Conn) => void): Promise<TestServer> {
+  const server = http.createServer((_req, res) => res.writeHead(426).end());
+  const conns: Conn[] = [];
+  const waiting: Array<(c: Conn) => void> = [];
+  const sockets = new Set<net.Socket>();
+  server.on("connection", (s) => {
+    sockets.add(s);
+    s.on("close", () => sockets.delete(s));
+  });
+  server.on("upgrade", (req, socket, head) => {
+    accept(req, socket, head, options).then(
+      (conn) => {
+        conns.push(conn);
+        onConn?.(conn);
+        waiting.shift()?.(conn);
+      },
+      () => undefined,
+    );
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    url: `ws://127.0.0.1:${port}`,
+    port,
+    server,
+    conns,
+    nextConn: () => new Promise((resolve) => waiting.push(resolve)),
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/** echo answers every message with itself until the connection closes. */
+export async function echo(conn: Conn): Promise<void> {
+  try {
+    for await (const msg of conn) await conn.write(msg.type, msg.data);
+  } catch {
+    // the test looks at conn.closed
+  }
+}
