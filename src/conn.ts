@@ -13,6 +13,7 @@ import { CloseError, decodeClosePayload, encodeClosePayload, StatusCode } from "
 import { ErrorCode } from "./errors.js";
 import { Opcode, type MessageType } from "./frame.js";
 import { FrameParser, type FrameSink } from "./frame-parser.js";
+import { PLAIN_VARIANT, type PreparedMessage } from "./prepared.js";
 import { ReadSide, type Message, type StreamedMessage } from "./read.js";
 import { WriteSide, type MessageData } from "./write.js";
 
@@ -225,6 +226,15 @@ export class Conn implements AsyncIterable<Message> {
    */
   writer(type: MessageType, signal?: AbortSignal): Writable {
     return this.writes.writer(type, signal);
+  }
+
+  /**
+   * writePrepared sends a PreparedMessage, framed once for every connection
+   * that shares its settings. Ordering, backpressure, abort and errors are
+   * those of `write`.
+   */
+  writePrepared(message: PreparedMessage, signal?: AbortSignal): Promise<void> {
+    return this.writes.writePrepared(message.frameFor(PLAIN_VARIANT), signal);
   }
 
   /**

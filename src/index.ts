@@ -28,3 +28,4 @@ export {
 } from "./close.js";
 export { HandshakeError, ErrorCode, type CodedError } from "./errors.js";
 export { isWebSocketUpgrade } from "./upgrade.js";
+export { PreparedMessage } from "./prepared.js";

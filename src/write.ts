@@ -13,6 +13,7 @@ import { ErrorCode } from "./errors.js";
 import { firstHeaderByte, frameHeaderSize, MessageType, Opcode, writeFrameHeader } from "./frame.js";
 import { AbortableLock } from "./internal/lock.js";
 import { maskInPlace } from "./mask.js";
+import type { PreparedFrame } from "./prepared.js";
 
 /** Data accepted by write: bytes, or a string sent as its UTF-8 encoding. */
 export type MessageData = Buffer | Uint8Array | string;
@@ -98,18 +99,34 @@ export class WriteSide {
     } catch (err) {
       return Promise.reject(err);
     }
-    if (signal?.aborted) return Promise.reject(signal.reason);
-    if (this.error) return Promise.reject(this.error);
-    if (this.lock.tryAcquire()) return this.sendWhole(type, payload, signal);
-    return this.lock.acquire(signal).then(() => this.sendWhole(type, payload, signal));
+    return this.submit(() => this.writeFrame(firstHeaderByte(true, false, type), payload), signal);
   }
 
-  private sendWhole(opcode: number, payload: Uint8Array, signal: AbortSignal | undefined): Promise<void> {
+  /**
+   * writePrepared implements Conn.writePrepared: a server writes the shared
+   * frame bytes as they are; a client frames the payload again, masked.
+   */
+  writePrepared(prepared: PreparedFrame, signal?: AbortSignal): Promise<void> {
+    const send = this.masked
+      ? () => this.writeFrame(prepared.firstByte, prepared.payload)
+      : () => this.socket.write(prepared.frame);
+    return this.submit(send, signal);
+  }
+
+  /** submit runs `send` (which writes one whole message) under the write lock. */
+  private submit(send: () => boolean, signal: AbortSignal | undefined): Promise<void> {
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    if (this.error) return Promise.reject(this.error);
+    if (this.lock.tryAcquire()) return this.sendLocked(send, signal);
+    return this.lock.acquire(signal).then(() => this.sendLocked(send, signal));
+  }
+
+  private sendLocked(send: () => boolean, signal: AbortSignal | undefined): Promise<void> {
     if (this.error) {
       this.lock.release();
       return Promise.reject(this.error);
     }
-    if (this.writeFrame(firstHeaderByte(true, false, opcode), payload)) {
+    if (send()) {
       this.lock.release();
       return RESOLVED;
     }
