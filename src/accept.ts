@@ -13,12 +13,13 @@ import { Conn, type ConnOptions } from "./conn.js";
 import { codedError, ErrorCode, HandshakeError } from "./errors.js";
 import { acceptKey, checkHeaders, hasToken, headerList, isValidKey, singleHeader } from "./handshake.js";
 import { authorizeOrigin } from "./origin.js";
+import { selectOffer, settingsFor, type CompressionOptions } from "./compress.js";
 
 /** The default bound on the whole handshake, in ms. */
 export const DEFAULT_HANDSHAKE_TIMEOUT = 10_000;
 
 /** AcceptOptions configure `accept` (and `serve`). Every field is optional. */
-export interface AcceptOptions extends ConnOptions {
+export interface AcceptOptions extends ConnOptions, CompressionOptions {
   /** Subprotocols this server speaks, in order of preference. Default none. */
   subprotocols?: string[];
   /**
@@ -89,8 +90,11 @@ async function handshake(req: IncomingMessage, socket: Socket, head: Buffer, opt
     throw new HandshakeError("failed to accept: the client went away during the handshake", 0);
   }
   const subprotocol = selectSubprotocol(req, options.subprotocols);
-  socket.write(switchingProtocols(req, subprotocol, options.headers));
-  return new Conn(socket, head, { ...options, role: "server", subprotocol });
+  const compression = selectOffer(req.headers["sec-websocket-extensions"], options.compression);
+  const extensions = compression?.response ?? "";
+  socket.write(switchingProtocols(req, subprotocol, extensions, options.headers));
+  const deflate = compression && settingsFor(compression.params, "server", extensions);
+  return new Conn(socket, head, { ...options, role: "server", subprotocol, deflate });
 }
 
 /** validateRequest returns what is wrong with an upgrade request, if anything. */
@@ -127,12 +131,18 @@ function selectSubprotocol(req: IncomingMessage, supported: string[] | undefined
   return supported.find((p) => offered.has(p)) ?? "";
 }
 
-function switchingProtocols(req: IncomingMessage, subprotocol: string, extra: OutgoingHttpHeaders | undefined): string {
+function switchingProtocols(
+  req: IncomingMessage,
+  subprotocol: string,
+  extensions: string,
+  extra: OutgoingHttpHeaders | undefined,
+): string {
   const key = singleHeader(req.headers, "sec-websocket-key")!;
   let response =
     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
     `Sec-WebSocket-Accept: ${acceptKey(key)}\r\n`;
   if (subprotocol !== "") response += `Sec-WebSocket-Protocol: ${subprotocol}\r\n`;
+  if (extensions !== "") response += `Sec-WebSocket-Extensions: ${extensions}\r\n`;
   return response + formatHeaders(extra) + "\r\n";
 }
 

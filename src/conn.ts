@@ -10,10 +10,12 @@ import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
 import type { Writable } from "node:stream";
 import { CloseError, decodeClosePayload, encodeClosePayload, StatusCode } from "./close.js";
+import { defaultThreshold, type DeflateSettings } from "./compress.js";
+import { compressedVariant, DEFAULT_COMPRESSION_LEVEL, MessageDeflater, MessageInflater } from "./deflate.js";
 import { ErrorCode } from "./errors.js";
 import { Opcode, type MessageType } from "./frame.js";
 import { FrameParser, type FrameSink } from "./frame-parser.js";
-import { PLAIN_VARIANT, type PreparedMessage } from "./prepared.js";
+import { PLAIN_VARIANT, type FrameVariant, type PreparedMessage } from "./prepared.js";
 import { ReadSide, type Message, type StreamedMessage } from "./read.js";
 import { WriteSide, type MessageData } from "./write.js";
 
@@ -56,8 +58,16 @@ export interface ConnInit extends ConnOptions {
   /** "server" expects masked frames and closes TCP first; "client" masks its frames. */
   role: "client" | "server";
   subprotocol?: string;
-  extensions?: string;
+  /** permessage-deflate as negotiated, if it was. */
+  deflate?: DeflateSettings;
+  compressionThreshold?: number;
+  compressionLevel?: number;
 }
+
+/** Why the socket is paused; it resumes when no reason is left. */
+const PAUSE_UNREAD = 1;
+const PAUSE_INFLATING = 2;
+const PAUSE_INFLATER_FULL = 4;
 
 interface PendingPing {
   resolve(rtt: number): void;
@@ -100,6 +110,10 @@ export class Conn implements AsyncIterable<Message> {
   private closeTimer: NodeJS.Timeout | undefined;
   private resolveClosed!: (info: CloseInfo) => void;
   private readonly closeReadController = new AbortController();
+  private pauseReasons = 0;
+  private readonly inflater: MessageInflater | undefined;
+  private compressedMessage = false;
+  private compressionLevel: number;
 
   /**
    * The constructor is internal: connections come from accept and dial. It
@@ -111,12 +125,22 @@ export class Conn implements AsyncIterable<Message> {
     this.options = init;
     this.isServer = init.role === "server";
     this.subprotocol = init.subprotocol ?? "";
-    this.extensions = init.extensions ?? "";
+    this.extensions = init.deflate?.header ?? "";
+    this.compressionLevel = checkLevel(init.compressionLevel ?? DEFAULT_COMPRESSION_LEVEL);
     this.closeTimeout = init.closeTimeout ?? DEFAULT_CLOSE_TIMEOUT;
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
-    this.parser = new FrameParser(this.frameSink(), { expectMasked: this.isServer, allowRsv1: false });
+    const deflate = init.deflate;
+    this.parser = new FrameParser(this.frameSink(), { expectMasked: this.isServer, allowRsv1: deflate !== undefined });
     this.reads = new ReadSide(this.readHost(), checkReadLimit(init.readLimit ?? DEFAULT_READ_LIMIT));
     this.writes = new WriteSide(socket, !this.isServer, { fail: (c, e, m) => this.fail(c, e, m) });
+    if (deflate !== undefined) {
+      this.inflater = new MessageInflater(
+        !deflate.receiveNoContextTakeover,
+        (chunk) => this.reads.appendPayload(chunk),
+        (err) => this.fail(1007, ErrorCode.InvalidCompressedData, `invalid compressed data: ${err.message}`),
+      );
+      this.setupWriteCompression(deflate);
+    }
     this.attachSocket(head);
   }
 
@@ -234,7 +258,7 @@ export class Conn implements AsyncIterable<Message> {
    * those of `write`.
    */
   writePrepared(message: PreparedMessage, signal?: AbortSignal): Promise<void> {
-    return this.writes.writePrepared(message.frameFor(PLAIN_VARIANT), signal);
+    return this.writes.writePrepared(message.frameFor(this.preparedVariant()), signal);
   }
 
   /**
@@ -296,6 +320,28 @@ export class Conn implements AsyncIterable<Message> {
     this.socket.destroy();
   }
 
+  /**
+   * enableWriteCompression turns compression of later messages on or off
+   * (gorilla's EnableWriteCompression), e.g. for data already compressed. It
+   * has no effect when permessage-deflate was not negotiated. Default on.
+   */
+  enableWriteCompression(on: boolean): void {
+    if (this.writes.compression) this.writes.compression.enabled = on;
+  }
+
+  /**
+   * setCompressionLevel sets the zlib level (0–9) of messages written from
+   * now on; a message already being compressed keeps its level. Throws a
+   * RangeError for another value. No effect without permessage-deflate.
+   */
+  setCompressionLevel(level: number): void {
+    this.compressionLevel = checkLevel(level);
+    const compression = this.writes.compression;
+    if (compression === undefined || compression.deflater.level === level) return;
+    compression.deflater.level = level;
+    compression.deflater.restartAtNextMessage();
+  }
+
   /** The remote IP address, while the socket knows it. */
   get remoteAddress(): string | undefined {
     return this.socket.remoteAddress;
@@ -321,17 +367,44 @@ export class Conn implements AsyncIterable<Message> {
     return this.socket.writableLength;
   }
 
+  /**
+   * setNoDelay sets TCP_NODELAY on the socket, as net.Socket's does. wsconn
+   * turns it on for every connection (frames are written whole); `false`
+   * lets Nagle's algorithm batch small frames.
+   */
+  setNoDelay(noDelay = true): void {
+    this.socket.setNoDelay(noDelay);
+  }
+
+  /**
+   * setKeepAlive turns TCP keep-alive probes on or off, the first one after
+   * `initialDelay` ms of idleness, as net.Socket's does. Off by default; a
+   * WebSocket ping (`ping`) also proves the peer is alive, end to end.
+   */
+  setKeepAlive(enable = false, initialDelay = 0): void {
+    this.socket.setKeepAlive(enable, initialDelay);
+  }
+
   // ---- internals ----
 
   private frameSink(): FrameSink {
     return {
-      onDataFrame: (opcode, _fin, _rsv1, length) => {
-        if (opcode !== Opcode.Continuation && !this.reads.startMessage(opcode as MessageType)) return;
-        this.reads.admitsFrame(length);
+      onDataFrame: (opcode, _fin, rsv1, length) => {
+        if (opcode !== Opcode.Continuation) {
+          if (!this.reads.startMessage(opcode as MessageType)) return;
+          this.compressedMessage = rsv1;
+        }
+        // Compressed frames are checked as they inflate: their size says nothing.
+        if (!this.compressedMessage) this.reads.admitsFrame(length);
       },
-      onDataPayload: (chunk) => this.reads.appendPayload(chunk),
+      onDataPayload: (chunk) => {
+        if (this.compressedMessage) this.inflate(chunk);
+        else this.reads.appendPayload(chunk);
+      },
       onDataFrameEnd: (fin) => {
-        if (fin) this.reads.endMessage();
+        if (!fin) return;
+        if (this.compressedMessage) this.endInflate();
+        else this.reads.endMessage();
       },
       onControlFrame: (opcode, payload) => this.onControlFrame(opcode, payload),
       onFramingError: (code, errorCode, message) => this.fail(code, errorCode, message),
@@ -340,10 +413,61 @@ export class Conn implements AsyncIterable<Message> {
 
   private readHost() {
     return {
-      pauseSocket: () => this.socket.pause(),
-      resumeSocket: () => this.socket.resume(),
+      pauseSocket: () => {
+        this.pauseFor(PAUSE_UNREAD);
+        this.inflater?.pause();
+      },
+      resumeSocket: () => {
+        this.inflater?.resume();
+        this.resumeFor(PAUSE_UNREAD);
+      },
       fail: (code: number, errorCode: ErrorCode, message: string) => this.fail(code, errorCode, message),
     };
+  }
+
+  private pauseFor(reason: number): void {
+    if (this.pauseReasons === 0) this.socket.pause();
+    this.pauseReasons |= reason;
+  }
+
+  private resumeFor(reason: number): void {
+    if ((this.pauseReasons & reason) === 0) return;
+    this.pauseReasons &= ~reason;
+    if (this.pauseReasons === 0) this.socket.resume();
+  }
+
+  private inflate(chunk: Buffer): void {
+    if (this.inflater!.write(chunk)) return;
+    this.pauseFor(PAUSE_INFLATER_FULL);
+    this.inflater!.onDrain(() => this.resumeFor(PAUSE_INFLATER_FULL));
+  }
+
+  /** endInflate holds later frames until the message's last bytes are decompressed. */
+  private endInflate(): void {
+    this.parser.suspend();
+    this.pauseFor(PAUSE_INFLATING);
+    this.inflater!.end(() => {
+      this.reads.endMessage();
+      this.resumeFor(PAUSE_INFLATING);
+      this.parser.resume();
+    });
+  }
+
+  private setupWriteCompression(deflate: DeflateSettings): void {
+    // zlib cannot keep a raw deflate window of 256 bytes (it makes it 512):
+    // a peer that demands window bits 8 gets uncompressed messages, which is legal.
+    if (deflate.sendWindowBits === 8) return;
+    this.writes.compression = {
+      deflater: new MessageDeflater(!deflate.sendNoContextTakeover, deflate.sendWindowBits, this.compressionLevel),
+      threshold: this.options.compressionThreshold ?? defaultThreshold(deflate),
+      enabled: true,
+    };
+  }
+
+  private preparedVariant(): FrameVariant {
+    const compression = this.writes.compression;
+    if (compression === undefined || !compression.enabled) return PLAIN_VARIANT;
+    return compressedVariant(this.options.deflate!.sendWindowBits, this.compressionLevel, compression.threshold);
   }
 
   private attachSocket(head: Buffer): void {
@@ -461,6 +585,8 @@ export class Conn implements AsyncIterable<Message> {
   private onSocketClose(): void {
     clearTimeout(this.closeTimer);
     this.parser.stop();
+    this.inflater?.release();
+    this.writes.compression?.deflater.release();
     this.terminate(new CloseError(StatusCode.AbnormalClosure, "connection closed without a close frame"));
     const received = this.receivedClose;
     this.resolveClosed({
@@ -469,6 +595,13 @@ export class Conn implements AsyncIterable<Message> {
       wasClean: this.closeSent && received !== undefined && this.socketError === undefined,
     });
   }
+}
+
+function checkLevel(level: number): number {
+  if (!Number.isInteger(level) || level < 0 || level > 9) {
+    throw new RangeError(`compression level must be an integer from 0 to 9, not ${String(level)}`);
+  }
+  return level;
 }
 
 function checkReadLimit(limit: number): number {

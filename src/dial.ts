@@ -8,19 +8,21 @@
 import { randomBytes } from "node:crypto";
 import * as http from "node:http";
 import * as https from "node:https";
+import * as net from "node:net";
 import type { Socket } from "node:net";
 import type { ConnectionOptions } from "node:tls";
 import { Conn, type ConnOptions } from "./conn.js";
+import { acceptResponse, clientOffer, settingsFor, type CompressionOptions } from "./compress.js";
 import { codedError, ErrorCode, HandshakeError } from "./errors.js";
 import { acceptKey, checkHeaders, hasToken, headerList, isToken, singleHeader } from "./handshake.js";
 import { DEFAULT_HANDSHAKE_TIMEOUT } from "./accept.js";
-import { connectThroughProxy, directConnection, type CreateConnection, type DialTarget } from "./proxy.js";
+import { connectThroughProxy, directConnection, proxyFor, type CreateConnection, type DialTarget } from "./proxy.js";
 
 /** The most bytes of a refused handshake's body kept in HandshakeError. */
 const MAX_ERROR_BODY = 64 * 1024;
 
 /** DialOptions configure `dial`. Every field is optional. */
-export interface DialOptions extends ConnOptions {
+export interface DialOptions extends ConnOptions, CompressionOptions {
   /** Extra request headers (Authorization, Cookie, …). CR, LF and NUL are refused. */
   headers?: http.OutgoingHttpHeaders;
   /** Subprotocols to offer, in order of preference. */
@@ -38,8 +40,23 @@ export interface DialOptions extends ConnOptions {
    * the request options and returns a connected (or connecting) socket.
    */
   createConnection?: CreateConnection;
-  /** An HTTP CONNECT proxy URL (`http://user:pass@proxy:3128`) to tunnel through. */
+  /**
+   * proxy is an HTTP CONNECT proxy URL (`http://user:pass@proxy:3128`) to
+   * tunnel through, or `"env"` to take it from `https_proxy` (wss) or
+   * `http_proxy` (ws), uppercase forms too, honouring `no_proxy`. Default
+   * none: the environment is ignored unless asked. For wss the TLS session
+   * runs end to end through the tunnel. With `createConnection`, that
+   * function opens the connection to the proxy.
+   */
   proxy?: string;
+  /**
+   * followRedirects is how many 3xx answers (with a Location) dial follows.
+   * Default 0: a redirect rejects with its HandshakeError. It never follows
+   * a redirect from wss to ws or to a unix socket, and drops Authorization
+   * and Cookie headers when the redirect leads to another host.
+   * `handshakeTimeout` bounds all hops together.
+   */
+  followRedirects?: number;
 }
 
 type Target = DialTarget;
@@ -55,16 +72,78 @@ type Target = DialTarget;
  * for a bad URL or bad headers.
  */
 export async function dial(url: string | URL, options: DialOptions = {}): Promise<Conn> {
-  const target = parseTarget(url);
+  const first = parseTarget(url);
   checkHeaders(options.headers);
   for (const p of options.subprotocols ?? []) {
     if (!isToken(p)) throw new TypeError(`subprotocol ${JSON.stringify(p)} is not a token`);
   }
   if (options.signal?.aborted) throw options.signal.reason;
-  const createConnection = options.proxy
-    ? await connectThroughProxy(options.proxy, target, options)
+  const deadline = performance.now() + (options.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT);
+  let target = first;
+  for (let hops = 0; ; hops++) {
+    const headers = sameHost(first, target) ? options.headers : withoutCredentials(options.headers);
+    try {
+      return await dialTarget(target, { ...options, headers }, deadline);
+    } catch (err) {
+      target = followRedirect(err, target, hops, options.followRedirects ?? 0);
+    }
+  }
+}
+
+/** dialTarget makes one handshake attempt, through a proxy if one applies, before `deadline`. */
+async function dialTarget(target: Target, options: DialOptions, deadline: number): Promise<Conn> {
+  const proxy = proxyFor(target, options.proxy);
+  const createConnection = proxy
+    ? await connectThroughProxy(proxy, target, { ...options, handshakeTimeout: remaining(deadline) })
     : (options.createConnection ?? directConnection(target, options.tls));
-  return handshake(target, options, createConnection);
+  return handshake(target, { ...options, handshakeTimeout: remaining(deadline) }, createConnection);
+}
+
+function remaining(deadline: number): number {
+  return Math.max(1, Math.ceil(deadline - performance.now()));
+}
+
+/**
+ * followRedirect returns the target a 3xx answer points to when
+ * followRedirects allows one more hop; otherwise it throws `err`, or a
+ * HandshakeError saying why the redirect was not followed.
+ */
+function followRedirect(err: unknown, from: Target, hops: number, limit: number): Target {
+  if (!(err instanceof HandshakeError) || err.status < 300 || err.status > 399) throw err;
+  const location = singleHeader(err.headers, "location");
+  if (location === undefined) throw err;
+  const refuse = (why: string): never => {
+    throw new HandshakeError(`failed to dial: server answered ${err.status} redirecting to ${JSON.stringify(location)}; ${why}`, err.status, err.headers, err.body);
+  };
+  if (hops >= limit) refuse(limit === 0 ? "redirects are not followed unless followRedirects is set" : `followed ${limit} redirects already (followRedirects)`);
+  let url: URL;
+  try {
+    url = new URL(location, `${from.secure ? "wss" : "ws"}://${net.isIPv6(from.host) ? `[${from.host}]` : from.host}:${from.port}${from.path}`);
+  } catch {
+    return refuse("the location is not a valid URL");
+  }
+  if (url.protocol === "ws+unix:") refuse("refusing to redirect to a unix socket");
+  url.hash = "";
+  // A relative location on a unix socket keeps the socket and changes the path.
+  const relative = !/^([a-z][a-z0-9+.-]*:|\/\/)/i.test(location);
+  let to: Target;
+  try {
+    to = from.socketPath !== undefined && relative ? { ...from, path: url.pathname + url.search } : parseTarget(url);
+  } catch (parseErr) {
+    return refuse((parseErr as Error).message);
+  }
+  if (from.secure && !to.secure) refuse("refusing to leave wss for ws");
+  return to;
+}
+
+/** sameHost: credentials may follow a redirect to the host they were meant for, any port (as Go's http client). */
+function sameHost(a: Target, b: Target): boolean {
+  return a.host.toLowerCase() === b.host.toLowerCase() && a.socketPath === b.socketPath;
+}
+
+function withoutCredentials(headers: http.OutgoingHttpHeaders | undefined): http.OutgoingHttpHeaders | undefined {
+  if (headers === undefined) return undefined;
+  return Object.fromEntries(Object.entries(headers).filter(([name]) => !/^(authorization|cookie)$/i.test(name)));
 }
 
 function parseTarget(input: string | URL): Target {
@@ -132,12 +211,15 @@ function handshake(target: Target, options: DialOptions, createConnection: Creat
     request.on("upgrade", (res: http.IncomingMessage, socket: Socket, head: Buffer) => {
       settle();
       const problem = checkResponse(res, key, options.subprotocols ?? []);
-      if (problem) {
+      const extensions = acceptResponse(res.headers["sec-websocket-extensions"], clientOffer(options.compression) !== undefined);
+      if (problem !== undefined || typeof extensions === "string") {
         socket.destroy();
-        return reject(new HandshakeError(`failed to dial: ${problem}`, res.statusCode ?? 101, res.headers));
+        const why = problem ?? (extensions as string);
+        return reject(new HandshakeError(`failed to dial: ${why}`, res.statusCode ?? 101, res.headers));
       }
       const subprotocol = singleHeader(res.headers, "sec-websocket-protocol") ?? "";
-      resolve(new Conn(socket, head, { ...options, role: "client", subprotocol }));
+      const deflate = extensions.params && settingsFor(extensions.params, "client", extensions.header);
+      resolve(new Conn(socket, head, { ...options, role: "client", subprotocol, deflate }));
     });
     request.end();
   });
@@ -153,6 +235,8 @@ function requestHeaders(key: string, options: DialOptions): http.OutgoingHttpHea
   headers["Upgrade"] = "websocket";
   headers["Sec-WebSocket-Key"] = key;
   headers["Sec-WebSocket-Version"] = "13";
+  const offer = clientOffer(options.compression);
+  if (offer !== undefined) headers["Sec-WebSocket-Extensions"] = offer;
   return headers;
 }
 
@@ -165,9 +249,6 @@ function checkResponse(res: http.IncomingMessage, key: string, offered: string[]
   const protocols = headerList(h["sec-websocket-protocol"]);
   if (protocols.length > 1 || (protocols.length === 1 && !offered.includes(protocols[0]!))) {
     return `server selected subprotocol ${JSON.stringify(h["sec-websocket-protocol"])} which was not offered`;
-  }
-  if (h["sec-websocket-extensions"] !== undefined) {
-    return `server selected extensions ${JSON.stringify(h["sec-websocket-extensions"])} which were not offered`;
   }
   return undefined;
 }

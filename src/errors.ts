@@ -31,6 +31,8 @@ export const ErrorCode = {
   InvalidClosePayload: "WS_ERR_INVALID_CLOSE_PAYLOAD",
   /** A text message or close reason was not valid UTF-8 (1007). */
   InvalidUtf8: "WS_ERR_INVALID_UTF8",
+  /** A compressed message could not be decompressed (1007). */
+  InvalidCompressedData: "WS_ERR_INVALID_COMPRESSED_DATA",
   /** A message exceeded the read limit (1009). */
   MessageTooBig: "WS_ERR_MESSAGE_TOO_BIG",
   /** A data message arrived after closeRead, or of a type a stream adapter refuses (1008 / 1003). */

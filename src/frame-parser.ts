@@ -51,6 +51,8 @@ export class FrameParser {
   private control: Buffer | undefined;
   private inFragmentedMessage = false;
   private stopped = false;
+  private suspended = false;
+  private pending: Buffer[] = [];
 
   constructor(
     private readonly sink: FrameSink,
@@ -62,11 +64,34 @@ export class FrameParser {
     this.stopped = true;
   }
 
+  /**
+   * suspend holds every byte after the current frame until resume, while the
+   * sink finishes a message asynchronously (decompression), so that nothing
+   * that follows it overtakes it.
+   */
+  suspend(): void {
+    this.suspended = true;
+  }
+
+  /** resume parses the bytes held since suspend. */
+  resume(): void {
+    this.suspended = false;
+    while (this.pending.length > 0 && !this.suspended && !this.stopped) this.push(this.pending.shift()!);
+  }
+
   /** push parses a chunk of bytes read from the socket. */
   push(chunk: Buffer): void {
     let pos = 0;
+    if (this.suspended) {
+      this.pending.push(chunk);
+      return;
+    }
     while (!this.stopped && (pos < chunk.length || this.zeroLengthPending())) {
       pos = this.state === State.Header ? this.readHeader(chunk, pos) : this.readPayload(chunk, pos);
+      if (this.suspended && pos < chunk.length) {
+        this.pending.unshift(chunk.subarray(pos));
+        return;
+      }
     }
   }
 

@@ -61,8 +61,11 @@ export function singleHeader(headers: IncomingHttpHeaders, name: string): string
 /** ExtensionOffer is one element of Sec-WebSocket-Extensions. */
 export interface ExtensionOffer {
   name: string;
-  /** Parameter names in lower case; `true` for a parameter without value. */
-  params: Map<string, string | true>;
+  /**
+   * Parameters in order, names in lower case, `true` for a parameter without
+   * value; duplicates are kept so that callers can refuse them.
+   */
+  params: Array<[string, string | true]>;
 }
 
 /**
@@ -74,11 +77,11 @@ export function parseExtensions(value: string | string[] | undefined): Extension
   for (const element of headerList(value)) {
     const [name, ...rawParams] = element.split(";").map((s) => s.trim());
     if (name === undefined || !isToken(name)) return undefined;
-    const params = new Map<string, string | true>();
+    const params: Array<[string, string | true]> = [];
     for (const raw of rawParams) {
       const param = parseParam(raw);
       if (param === undefined) return undefined;
-      params.set(param[0], param[1]);
+      params.push(param);
     }
     offers.push({ name: name.toLowerCase(), params });
   }

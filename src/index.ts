@@ -29,3 +29,7 @@ export {
 export { HandshakeError, ErrorCode, type CodedError } from "./errors.js";
 export { isWebSocketUpgrade } from "./upgrade.js";
 export { PreparedMessage } from "./prepared.js";
+export { netConn, type NetConn } from "./netconn.js";
+export { messageStream, type MessageStream, type OutgoingMessage } from "./message-stream.js";
+export { readJSON, writeJSON } from "./json.js";
+export type { CompressionMode, CompressionOptions } from "./compress.js";

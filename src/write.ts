@@ -13,6 +13,7 @@ import { ErrorCode } from "./errors.js";
 import { firstHeaderByte, frameHeaderSize, MessageType, Opcode, writeFrameHeader } from "./frame.js";
 import { AbortableLock } from "./internal/lock.js";
 import { maskInPlace } from "./mask.js";
+import type { MessageDeflater } from "./deflate.js";
 import type { PreparedFrame } from "./prepared.js";
 
 /** Data accepted by write: bytes, or a string sent as its UTF-8 encoding. */
@@ -46,10 +47,24 @@ export function checkMessageType(type: MessageType): void {
   }
 }
 
+/** Compression of outgoing messages, when permessage-deflate was negotiated. */
+export interface WriteCompression {
+  deflater: MessageDeflater;
+  /** Messages shorter than this go out uncompressed. */
+  threshold: number;
+  /** Off after enableWriteCompression(false). */
+  enabled: boolean;
+}
+
+/** A send step: true/false as socket.write returns, or a promise of it. */
+type Send = () => boolean | Promise<boolean>;
+
 /** WriteSide owns the outgoing frames of one connection. */
 export class WriteSide {
   /** Held by a write or writer for the whole message. */
   readonly lock = new AbortableLock();
+  /** Set when permessage-deflate was negotiated. */
+  compression: WriteCompression | undefined;
   private error: CloseError | undefined;
   private drainWaiters: Array<{ resolve(): void; reject(err: unknown): void }> = [];
 
@@ -99,7 +114,14 @@ export class WriteSide {
     } catch (err) {
       return Promise.reject(err);
     }
-    return this.submit(() => this.writeFrame(firstHeaderByte(true, false, type), payload), signal);
+    const compression = this.compression;
+    if (compression === undefined || !compression.enabled || payload.length < compression.threshold) {
+      return this.submit(() => this.writeFrame(firstHeaderByte(true, false, type), payload), signal);
+    }
+    return this.submit(async () => {
+      const compressed = await compression.deflater.compress(payload, true);
+      return this.writeFrame(firstHeaderByte(true, true, type), compressed);
+    }, signal);
   }
 
   /**
@@ -114,22 +136,47 @@ export class WriteSide {
   }
 
   /** submit runs `send` (which writes one whole message) under the write lock. */
-  private submit(send: () => boolean, signal: AbortSignal | undefined): Promise<void> {
+  private submit(send: Send, signal: AbortSignal | undefined): Promise<void> {
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.error) return Promise.reject(this.error);
     if (this.lock.tryAcquire()) return this.sendLocked(send, signal);
     return this.lock.acquire(signal).then(() => this.sendLocked(send, signal));
   }
 
-  private sendLocked(send: () => boolean, signal: AbortSignal | undefined): Promise<void> {
+  private sendLocked(send: Send, signal: AbortSignal | undefined): Promise<void> {
     if (this.error) {
       this.lock.release();
       return Promise.reject(this.error);
     }
-    if (send()) {
+    const sent = send();
+    if (sent === true) {
       this.lock.release();
       return RESOLVED;
     }
+    if (sent !== false) return this.afterCompression(sent, signal);
+    return this.waitDrainLocked(signal);
+  }
+
+  /**
+   * afterCompression finishes a compressed write. Once the compressor has
+   * taken a message, its window includes it, so an abort from then on fails
+   * the connection like an abort with bytes on the wire.
+   */
+  private afterCompression(sent: Promise<boolean>, signal: AbortSignal | undefined): Promise<void> {
+    return sent.then(
+      (ok) => {
+        if (ok) return void this.lock.release();
+        return this.waitDrainLocked(signal);
+      },
+      (err: unknown) => {
+        this.lock.release();
+        this.host.fail(1011, ErrorCode.AbortedMidMessage, "compression failed");
+        throw err;
+      },
+    );
+  }
+
+  private waitDrainLocked(signal: AbortSignal | undefined): Promise<void> {
     const drained = this.drained(signal);
     drained.then(
       () => this.lock.release(),
@@ -207,6 +254,7 @@ class MessageWritable extends Writable {
   private readonly ready: Promise<void>;
   private holdsLock = false;
   private started = false;
+  private deflater: MessageDeflater | undefined;
   private ended = false;
   private readonly onAbort: (() => void) | undefined;
 
@@ -253,9 +301,22 @@ class MessageWritable extends Writable {
   private sendFrame(payload: Buffer, fin: boolean, callback: (error?: Error | null) => void): void {
     const failure = this.side.failure;
     if (failure) return callback(failure);
-    const opcode = this.started ? Opcode.Continuation : this.type;
+    const first = !this.started;
+    const opcode = first ? this.type : Opcode.Continuation;
     this.started = true;
-    const ok = this.side.writeFrame(firstHeaderByte(fin, false, opcode), payload);
+    if (first) this.deflater = this.side.compression?.enabled ? this.side.compression.deflater : undefined;
+    if (this.deflater === undefined) return this.emitFrame(firstHeaderByte(fin, false, opcode), payload, fin, callback);
+    // RSV1 marks the first frame of a compressed message only (RFC 7692 §6.1).
+    this.deflater.compress(payload, fin).then(
+      (compressed) => this.emitFrame(firstHeaderByte(fin, first, opcode), compressed, fin, callback),
+      (err: Error) => callback(err),
+    );
+  }
+
+  private emitFrame(firstByte: number, payload: Uint8Array, fin: boolean, callback: (error?: Error | null) => void): void {
+    const failure = this.side.failure;
+    if (failure) return callback(failure);
+    const ok = this.side.writeFrame(firstByte, payload);
     if (fin) {
       this.ended = true;
       this.releaseLock();
