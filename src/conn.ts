@@ -7,14 +7,14 @@
  */
 
 import type { Socket } from "node:net";
-import { performance } from "node:perf_hooks";
 import type { Writable } from "node:stream";
-import { CloseError, decodeClosePayload, encodeClosePayload, StatusCode } from "./close.js";
+import { CloseError, decodeClosePayload, encodeClosePayload, isSendableCloseCode, StatusCode } from "./close.js";
 import { defaultThreshold, type DeflateSettings } from "./compress.js";
 import { compressedVariant, DEFAULT_COMPRESSION_LEVEL, MessageDeflater, MessageInflater } from "./deflate.js";
 import { ErrorCode } from "./errors.js";
 import { Opcode, type MessageType } from "./frame.js";
 import { FrameParser, type FrameSink } from "./frame-parser.js";
+import { PingTracker } from "./ping.js";
 import { PLAIN_VARIANT, type FrameVariant, type PreparedMessage } from "./prepared.js";
 import { ReadSide, type Message, type StreamedMessage } from "./read.js";
 import { WriteSide, type MessageData } from "./write.js";
@@ -69,12 +69,6 @@ const PAUSE_UNREAD = 1;
 const PAUSE_INFLATING = 2;
 const PAUSE_INFLATER_FULL = 4;
 
-interface PendingPing {
-  resolve(rtt: number): void;
-  reject(err: unknown): void;
-  sentAt: number;
-}
-
 const EMPTY = Buffer.alloc(0);
 const QUIET_CLOSE_CODES = new Set([StatusCode.NormalClosure, StatusCode.GoingAway, StatusCode.NoStatusRcvd]);
 
@@ -100,14 +94,14 @@ export class Conn implements AsyncIterable<Message> {
   private readonly writes: WriteSide;
   private readonly closeTimeout: number;
   private readonly options: ConnInit;
-  private readonly pings = new Map<string, PendingPing>();
-  private pingCounter = 0;
+  private readonly pings = new PingTracker();
   private pendingPong: Buffer | undefined;
   private closeSent = false;
   private receivedClose: { code: number; reason: string } | undefined;
   private closeError: CloseError | undefined;
   private socketError: Error | undefined;
   private closeTimer: NodeJS.Timeout | undefined;
+  private closeTimedOut = false;
   private resolveClosed!: (info: CloseInfo) => void;
   private readonly closeReadController = new AbortController();
   private pauseReasons = 0;
@@ -271,24 +265,7 @@ export class Conn implements AsyncIterable<Message> {
   ping(signal?: AbortSignal): Promise<number> {
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.closeError) return Promise.reject(this.closeError);
-    const payload = Buffer.allocUnsafe(8);
-    payload.writeUInt32BE(process.pid >>> 0, 0);
-    payload.writeUInt32BE(++this.pingCounter >>> 0, 4);
-    const key = payload.toString("latin1");
-    return new Promise<number>((resolve, reject) => {
-      const pending: PendingPing = { resolve, reject, sentAt: performance.now() };
-      this.pings.set(key, pending);
-      if (signal) {
-        const onAbort = (): void => {
-          this.pings.delete(key);
-          reject(signal.reason);
-        };
-        signal.addEventListener("abort", onAbort, { once: true });
-        pending.resolve = (rtt) => (signal.removeEventListener("abort", onAbort), resolve(rtt));
-        pending.reject = (err) => (signal.removeEventListener("abort", onAbort), reject(err));
-      }
-      this.writes.writeControl(Opcode.Ping, payload);
-    });
+    return this.pings.ping((payload) => this.writes.writeControl(Opcode.Ping, payload), signal);
   }
 
   // ---- closing ----
@@ -304,6 +281,8 @@ export class Conn implements AsyncIterable<Message> {
    * reason that is too long.
    */
   close(code: number = StatusCode.NormalClosure, reason = ""): Promise<void> {
+    // encodeClosePayload maps 1005 to an empty body; close() must refuse it (§7.4.2).
+    if (!isSendableCloseCode(code)) return Promise.reject(new RangeError(`close code ${String(code)} may not be sent`));
     let payload: Buffer;
     try {
       payload = encodeClosePayload(code, reason);
@@ -373,7 +352,7 @@ export class Conn implements AsyncIterable<Message> {
    * lets Nagle's algorithm batch small frames.
    */
   setNoDelay(noDelay = true): void {
-    this.socket.setNoDelay(noDelay);
+    if (typeof this.socket.setNoDelay === "function") this.socket.setNoDelay(noDelay);
   }
 
   /**
@@ -382,7 +361,7 @@ export class Conn implements AsyncIterable<Message> {
    * WebSocket ping (`ping`) also proves the peer is alive, end to end.
    */
   setKeepAlive(enable = false, initialDelay = 0): void {
-    this.socket.setKeepAlive(enable, initialDelay);
+    if (typeof this.socket.setKeepAlive === "function") this.socket.setKeepAlive(enable, initialDelay);
   }
 
   // ---- internals ----
@@ -472,8 +451,9 @@ export class Conn implements AsyncIterable<Message> {
 
   private attachSocket(head: Buffer): void {
     const socket = this.socket;
-    socket.setNoDelay(true);
-    socket.setTimeout(0);
+    // A transport from createConnection may be any Duplex, without TCP options.
+    if (typeof socket.setNoDelay === "function") socket.setNoDelay(true);
+    if (typeof socket.setTimeout === "function") socket.setTimeout(0);
     socket.on("data", (chunk: Buffer) => this.parser.push(chunk));
     socket.on("end", () => this.onSocketEnd());
     socket.on("error", (err) => this.onSocketError(err));
@@ -508,15 +488,9 @@ export class Conn implements AsyncIterable<Message> {
 
   private onPong(payload: Buffer): void {
     this.options.onPong?.(payload);
-    const key = payload.toString("latin1");
-    if (!this.pings.has(key)) return;
-    const now = performance.now();
-    for (const [k, pending] of this.pings) {
-      this.pings.delete(k);
-      pending.resolve(now - pending.sentAt);
-      if (k === key) break;
-    }
+    this.pings.onPong(payload);
   }
+
 
   /** onPeerClose answers a close frame (https://www.rfc-editor.org/rfc/rfc6455#section-5.5.1). */
   private onPeerClose(payload: Buffer): void {
@@ -559,14 +533,16 @@ export class Conn implements AsyncIterable<Message> {
     this.closeError = err;
     this.reads.terminate(err);
     this.writes.terminate(err);
-    for (const pending of this.pings.values()) pending.reject(err);
-    this.pings.clear();
+    this.pings.rejectAll(err);
     this.closeReadController.abort(err);
   }
 
   private armCloseTimer(): void {
     if (this.closeTimer !== undefined) return;
-    this.closeTimer = setTimeout(() => this.socket.destroy(), this.closeTimeout);
+    this.closeTimer = setTimeout(() => {
+      this.closeTimedOut = true;
+      this.socket.destroy();
+    }, this.closeTimeout);
     this.closeTimer.unref();
   }
 
@@ -592,7 +568,7 @@ export class Conn implements AsyncIterable<Message> {
     this.resolveClosed({
       code: received?.code ?? StatusCode.AbnormalClosure,
       reason: received?.reason ?? "",
-      wasClean: this.closeSent && received !== undefined && this.socketError === undefined,
+      wasClean: this.closeSent && received !== undefined && this.socketError === undefined && !this.closeTimedOut,
     });
   }
 }

@@ -39,8 +39,6 @@ export const ErrorCode = {
   UnexpectedData: "WS_ERR_UNEXPECTED_DATA",
   /** A read or write was aborted in the middle of a message (1011). */
   AbortedMidMessage: "WS_ERR_ABORTED_MID_MESSAGE",
-  /** The peer did not complete the close handshake in time (1006 reported). */
-  CloseTimeout: "WS_ERR_CLOSE_TIMEOUT",
   /** The handshake did not finish within handshakeTimeout. */
   HandshakeTimeout: "WS_ERR_HANDSHAKE_TIMEOUT",
   /** The opening handshake was refused or answered wrongly. */
