@@ -146,24 +146,28 @@ function formatResponse(params: DeflateParams, offer: ExtensionOffer): string {
 
 /**
  * acceptResponse checks the server's Sec-WebSocket-Extensions answer against
- * what the client offered. It returns the agreed parameters (undefined when
- * the server declined), or a string saying why the answer is invalid, which
- * fails the handshake (§7.1: the client MUST fail the connection).
+ * what a client in `mode` offered. It returns the agreed parameters
+ * (undefined when the server declined), or a string saying why the answer is
+ * invalid, which fails the handshake (§7.1: the client MUST fail the
+ * connection). In "no-context-takeover" mode the client resets its own
+ * compressor after every message even when the server's answer leaves
+ * client_no_context_takeover out, as its offer announced (§7.1.1.2).
  */
 export function acceptResponse(
   header: string | string[] | undefined,
-  offered: boolean,
+  mode: CompressionMode | undefined,
 ): { params: DeflateParams | undefined; header: string } | string {
   if (header === undefined) return { params: undefined, header: "" };
   const elements = parseExtensions(header);
   if (elements === undefined) return `malformed Sec-WebSocket-Extensions ${JSON.stringify(header)}`;
   if (elements.length === 0) return { params: undefined, header: "" };
   const [element] = elements;
-  if (!offered || elements.length > 1 || element!.name !== PERMESSAGE_DEFLATE) {
+  if (clientOffer(mode) === undefined || elements.length > 1 || element!.name !== PERMESSAGE_DEFLATE) {
     return `server selected extensions ${JSON.stringify(header)} which were not offered`;
   }
   const params = parseResponseParams(element!);
   if (params === undefined) return `invalid permessage-deflate parameters in ${JSON.stringify(header)}`;
+  if (mode === "no-context-takeover") params.clientNoContextTakeover = true;
   return { params, header: formatExtension(element!) };
 }
 

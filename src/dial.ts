@@ -211,7 +211,7 @@ function handshake(target: Target, options: DialOptions, createConnection: Creat
     request.on("upgrade", (res: http.IncomingMessage, socket: Socket, head: Buffer) => {
       settle();
       const problem = checkResponse(res, key, options.subprotocols ?? []);
-      const extensions = acceptResponse(res.headers["sec-websocket-extensions"], clientOffer(options.compression) !== undefined);
+      const extensions = acceptResponse(res.headers["sec-websocket-extensions"], options.compression);
       if (problem !== undefined || typeof extensions === "string") {
         socket.destroy();
         const why = problem ?? (extensions as string);

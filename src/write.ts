@@ -32,6 +32,8 @@ const COALESCE_LIMIT = 16 * 1024;
 
 const RESOLVED = Promise.resolve();
 const EMPTY = Buffer.alloc(0);
+/** The RSV1 bit of the first header byte: a compressed message (RFC 7692 §6). */
+const RSV1 = 0x40;
 
 /** toPayload turns message data into bytes without copying bytes it is given. */
 export function toPayload(data: MessageData): Uint8Array {
@@ -129,9 +131,14 @@ export class WriteSide {
    * frame bytes as they are; a client frames the payload again, masked.
    */
   writePrepared(prepared: PreparedFrame, signal?: AbortSignal): Promise<void> {
-    const send = this.masked
+    const write = this.masked
       ? () => this.writeFrame(prepared.firstByte, prepared.payload)
       : () => this.socket.write(prepared.frame);
+    // A compressed prepared frame is its own deflate stream, but the peer's
+    // window now holds its bytes: with context takeover our compressor's
+    // back-references would point at the wrong data, so it starts afresh.
+    const compressed = (prepared.firstByte & RSV1) !== 0;
+    const send = compressed ? () => (this.compression?.deflater.release(), write()) : write;
     return this.submit(send, signal);
   }
 
