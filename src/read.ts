@@ -174,6 +174,10 @@ export class ReadSide {
     }
     this.utf8.reset();
     this.notify();
+    // The peer's close frame may sit behind unread data: keep parsing so the
+    // close handshake completes. Data frames are dropped from now on, so the
+    // queue cannot grow.
+    this.resumeIfPaused();
   }
 
   // ---- consumers ----
