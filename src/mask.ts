@@ -25,21 +25,36 @@ export function maskInPlace(data: Uint8Array, key: Uint8Array, phase = 0): void 
   const head = (4 - (data.byteOffset & 3)) & 3;
   for (let i = 0; i < head; i++) data[i] ^= key[(phase + i) & 3]!;
   const words = (n - head) >>> 2;
-  const view = new Uint32Array(data.buffer, data.byteOffset + head, words);
-  const word = keyWord(key, phase + head);
-  for (let i = 0; i < words; i++) view[i]! ^= word;
+  xorWords(new Int32Array(data.buffer, data.byteOffset + head, words), keyWord(key, phase + head));
   for (let i = head + words * 4; i < n; i++) data[i] ^= key[(phase + i) & 3]!;
 }
 
-/** keyWord reads the key rotated to start at byte `phase & 3`, in native byte order. */
+/**
+ * xorWords XORs every word of `view` with `word`, four per iteration: the
+ * unrolled loop runs about twice as fast as the plain one on V8 (see the mask
+ * micro-benchmark in bench/), and a signed view keeps every value a small
+ * integer instead of a heap number.
+ */
+function xorWords(view: Int32Array, word: number): void {
+  const n = view.length;
+  const unrolled = n & ~3;
+  let i = 0;
+  for (; i < unrolled; i += 4) {
+    view[i]! ^= word;
+    view[i + 1]! ^= word;
+    view[i + 2]! ^= word;
+    view[i + 3]! ^= word;
+  }
+  for (; i < n; i++) view[i]! ^= word;
+}
+
+/** keyWord reads the key rotated to start at byte `phase & 3`, as a native-order signed word. */
 function keyWord(key: Uint8Array, phase: number): number {
   const b0 = key[phase & 3]!;
   const b1 = key[(phase + 1) & 3]!;
   const b2 = key[(phase + 2) & 3]!;
   const b3 = key[(phase + 3) & 3]!;
-  return LITTLE_ENDIAN
-    ? (b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)) >>> 0
-    : ((b0 << 24) | (b1 << 16) | (b2 << 8) | b3) >>> 0;
+  return LITTLE_ENDIAN ? b0 | (b1 << 8) | (b2 << 16) | (b3 << 24) : (b0 << 24) | (b1 << 16) | (b2 << 8) | b3;
 }
 
 const POOL_SIZE = 8192;
