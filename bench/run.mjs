@@ -54,7 +54,7 @@ writeFileSync(new URL("latest.md", outDir), markdown);
 console.log(`\n${markdown}`);
 if (plan.writeDocs) {
   const docs = new URL("../docs/", import.meta.url);
-  if (results.echo) writeFileSync(new URL("performance-throughput.svg", docs), renderThroughputSvg(results.echo));
+  if (results.echo) writeFileSync(new URL("performance-throughput.svg", docs), renderThroughputSvg(results.echo, results.machine, plan.runs));
   updatePerformanceDoc(new URL("performance.md", docs), markdown);
   console.log("bench: updated docs/performance.md and docs/performance-throughput.svg");
 }

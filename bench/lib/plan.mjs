@@ -19,8 +19,8 @@ const FULL = {
     shapes: cross([32, KiB, 64 * KiB, MiB], [1, 64], [1, 16]),
   },
   clients: { warmupMs: 200, durationMs: 600, shapes: cross([32, KiB, 64 * KiB, MiB], [1, 64], [16]) },
-  tunnel: { warmupMs: 300, durationMs: 1000, streams: [1, 8] },
-  memory: { connections: 10_000 },
+  tunnel: { warmupMs: 300, durationMs: 1000, streams: [1, 8], directions: ["up", "down"] },
+  memory: { connections: 10_000, servers: ["wsconn", "ws-native", "tcp"] },
   microQuick: false,
 };
 
@@ -29,13 +29,13 @@ const QUICK = {
   runs: 3,
   limitMs: 2 * 60_000,
   echo: {
-    warmupMs: 100,
-    durationMs: 250,
-    shapes: [shape(32, 1, 1), shape(32, 64, 16), shape(64 * KiB, 1, 16), shape(MiB, 1, 1)],
+    warmupMs: 80,
+    durationMs: 200,
+    shapes: [shape(32, 64, 16), shape(KiB, 1, 16), shape(64 * KiB, 1, 16), shape(MiB, 1, 1)],
   },
-  clients: { warmupMs: 100, durationMs: 250, shapes: [shape(32, 64, 16)] },
-  tunnel: { warmupMs: 150, durationMs: 400, streams: [1] },
-  memory: { connections: 1000 },
+  clients: { warmupMs: 80, durationMs: 200, shapes: [shape(32, 64, 16)] },
+  tunnel: { warmupMs: 150, durationMs: 400, streams: [1], directions: ["up"] },
+  memory: { connections: 1000, servers: ["wsconn", "ws-native"] },
   microQuick: true,
 };
 
@@ -65,7 +65,7 @@ export function loadPlan(env) {
   return {
     ...base,
     suites: ALL_SUITES.filter((s) => only.includes(s)),
-    memory: { connections },
+    memory: { ...base.memory, connections },
     writeDocs: env.BENCH_DOCS ? env.BENCH_DOCS === "1" : complete,
   };
 }

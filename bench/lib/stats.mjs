@@ -33,7 +33,8 @@ export function fmtMs(ms) {
 /** fmtRatio prints a / b as "1.23×". */
 export function fmtRatio(a, b) {
   const r = a / b;
-  return Number.isFinite(r) ? `${r.toFixed(2)}×` : "–";
+  if (!Number.isFinite(r)) return "–";
+  return `${r >= 0.1 ? r.toFixed(2) : r.toPrecision(2)}×`;
 }
 
 /** fmtSize prints a byte count as "32 B", "1 KiB", "64 KiB", "1 MiB". */

@@ -8,8 +8,6 @@ import { execFileSync } from "node:child_process";
 import { startChild } from "../lib/ipc.mjs";
 import { SERVERS, startServer } from "./echo.mjs";
 
-const MEMORY_SERVERS = ["wsconn", "ws-native", "tcp"];
-
 export async function runMemory(plan) {
   const { soft, hard } = fdLimits();
   const wanted = plan.memory.connections;
@@ -17,7 +15,7 @@ export async function runMemory(plan) {
   const fdLimit = connections + 200 > soft ? connections + 200 : undefined;
   if (connections < wanted) console.log(`   hard fd limit ${hard}: measuring ${connections} connections instead of ${wanted}`);
   const rows = [];
-  for (const id of MEMORY_SERVERS) {
+  for (const id of plan.memory.servers) {
     const server = SERVERS.find((s) => s.id === id);
     rows.push(await measureServer(server, connections, fdLimit));
     const r = rows.at(-1);

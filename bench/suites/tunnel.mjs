@@ -8,7 +8,7 @@ import { startChild } from "../lib/ipc.mjs";
 import { median } from "../lib/stats.mjs";
 
 export async function runTunnel(plan) {
-  const { warmupMs, durationMs, streams } = plan.tunnel;
+  const { warmupMs, durationMs, streams, directions } = plan.tunnel;
   const children = [];
   const start = async (role, arg) => {
     const child = await startChild("tunnel.mjs", arg === undefined ? [role] : [role, String(arg)]);
@@ -27,7 +27,7 @@ export async function runTunnel(plan) {
     ];
     const samples = new Map();
     for (let run = 1; run <= plan.runs; run++) {
-      for (const direction of ["up", "down"]) {
+      for (const direction of directions) {
         for (const conns of streams) {
           const line = [];
           for (const path of paths) {
@@ -42,7 +42,7 @@ export async function runTunnel(plan) {
       }
     }
     const rows = [];
-    for (const direction of ["up", "down"]) {
+    for (const direction of directions) {
       for (const conns of streams) {
         const get = (id) => median(samples.get(`${id}|${direction}|${conns}`) ?? []);
         rows.push({ direction, streams: conns, netConn: get("netConn"), ceiling: get("tcp-proxy") });
