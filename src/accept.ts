@@ -51,7 +51,8 @@ export interface AcceptOptions extends ConnOptions, CompressionOptions {
  * 405 for a method other than GET, 426 (with `Sec-WebSocket-Version: 13`) for
  * another protocol version. Rejects with a coded error
  * (`WS_ERR_HANDSHAKE_TIMEOUT`) after `handshakeTimeout`, and with
- * `WS_ERR_INVALID_HEADER` (answering 500) for bad extra headers.
+ * `WS_ERR_INVALID_HEADER` (answering 500) for bad extra headers. When
+ * `checkOrigin` throws, it answers 500 and rejects with that error.
  *
  * The default origin policy accepts requests without an Origin header
  * (non-browser clients) and browser requests from the same host, and refuses
@@ -84,7 +85,14 @@ async function handshake(req: IncomingMessage, socket: Socket, head: Buffer, opt
   }
   const problem = validateRequest(req);
   if (problem) throw refuse(socket, problem.status, problem.message);
-  const originProblem = await checkOrigin(req, options);
+  let originProblem: string | undefined;
+  try {
+    originProblem = await checkOrigin(req, options);
+  } catch (err) {
+    // Answer rather than leave the socket open with no response until the client gives up.
+    refuse(socket, 500, "origin check failed");
+    throw err;
+  }
   if (originProblem) throw refuse(socket, 403, originProblem);
   if (socket.destroyed || !socket.writable) {
     throw new HandshakeError("failed to accept: the client went away during the handshake", 0);

@@ -203,9 +203,13 @@ function handshake(target: Target, options: DialOptions, createConnection: Creat
       reject(err === signal?.reason || (err as { code?: string }).code === ErrorCode.HandshakeTimeout ? err : dialError(err));
     });
     request.on("response", (res) => {
+      const socket = res.socket;
       readBody(res).then((body) => {
         settle();
-        reject(new HandshakeError(`failed to dial: server answered ${res.statusCode} instead of 101`, res.statusCode ?? 0, res.headers, body));
+        // Without an agent nobody reuses the socket: free it even if the server keeps it alive.
+        socket.destroy();
+        const what = res.statusCode === 101 ? "101 without Upgrade: websocket and Connection: Upgrade" : `${res.statusCode} instead of 101`;
+        reject(new HandshakeError(`failed to dial: server answered ${what}`, res.statusCode ?? 0, res.headers, body));
       }, () => undefined);
     });
     request.on("upgrade", (res: http.IncomingMessage, socket: Socket, head: Buffer) => {

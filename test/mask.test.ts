@@ -1,0 +1,113 @@
+import t from "tap";
+import { maskInPlace, nextMaskKey } from "../src/mask.js";
+import { seededRng } from "./helpers/chunkers.js";
+
+/** naiveMask is the definition of RFC 6455 §5.3: octet i XOR key octet (i mod 4). */
+function naiveMask(data: Uint8Array, key: Uint8Array, phase: number): Uint8Array {
+  const out = Uint8Array.from(data);
+  for (let i = 0; i < out.length; i++) out[i] ^= key[(phase + i) % 4]!;
+  return out;
+}
+
+const rng = seededRng(t, "mask");
+
+t.test("maskInPlace equals the byte-by-byte XOR for every length, phase and alignment", async (t) => {
+  const key = rng.bytes(4);
+  let mismatches = 0;
+  let checked = 0;
+  for (let length = 0; length <= 300; length++) {
+    for (let phase = 0; phase < 8; phase++) {
+      for (let offset = 0; offset < 4; offset++) {
+        const backing = rng.bytes(length + 8);
+        const original = Uint8Array.from(backing);
+        // A view at byteOffset `offset` of a fresh ArrayBuffer: the word loop must cope with misalignment.
+        const view = new Uint8Array(backing.buffer, backing.byteOffset + offset, length);
+        const expected = naiveMask(view, key, phase);
+        maskInPlace(view, key, phase);
+        checked++;
+        const guardOk = backing.subarray(0, offset).equals(original.subarray(0, offset)) &&
+          backing.subarray(offset + length).equals(original.subarray(offset + length));
+        if (!Buffer.from(view).equals(Buffer.from(expected)) || !guardOk) {
+          mismatches++;
+          if (mismatches < 5) t.fail(`length ${length}, phase ${phase}, offset ${offset}`);
+        }
+      }
+    }
+  }
+  t.equal(mismatches, 0, `${checked} combinations`);
+});
+
+t.test("Buffer subarrays at offsets 1, 2 and 3 of an aligned buffer", async (t) => {
+  const key = Buffer.from([1, 2, 3, 4]);
+  for (const offset of [1, 2, 3]) {
+    for (const length of [31, 32, 33, 64, 255, 256, 257]) {
+      const whole = Buffer.from(new Uint8Array(new ArrayBuffer(length + 4)));
+      rng.bytes(length + 4).copy(whole);
+      const sub = whole.subarray(offset, offset + length);
+      t.equal(sub.byteOffset % 4, offset);
+      const expected = naiveMask(sub, key, 0);
+      maskInPlace(sub, key);
+      t.same(Buffer.from(sub), Buffer.from(expected), `offset ${offset}, length ${length}`);
+    }
+  }
+});
+
+t.test("large buffers", async (t) => {
+  for (const length of [65536, 1 << 20, (1 << 20) + 3]) {
+    const key = rng.bytes(4);
+    const data = rng.bytes(length);
+    for (const phase of [0, 1, 2, 3]) {
+      const view = Buffer.from(data);
+      const expected = naiveMask(view, key, phase);
+      maskInPlace(view, key, phase);
+      t.ok(Buffer.from(expected).equals(view), `${length} bytes, phase ${phase}`);
+      maskInPlace(view, key, phase);
+      t.ok(view.equals(data), `${length} bytes, phase ${phase}: masking twice restores the data`);
+    }
+  }
+});
+
+t.test("a payload masked in pieces equals one masked whole", async (t) => {
+  const key = rng.bytes(4);
+  const data = rng.bytes(5000);
+  const whole = Buffer.from(data);
+  maskInPlace(whole, key);
+  const pieces = Buffer.from(data);
+  let at = 0;
+  for (const size of [1, 3, 40, 2, 999, 33, 4000]) {
+    const end = Math.min(at + size, data.length);
+    maskInPlace(pieces.subarray(at, end), key, at);
+    at = end;
+  }
+  t.ok(pieces.equals(whole));
+});
+
+t.test("the default phase is 0 and the zero key changes nothing", async (t) => {
+  const data = rng.bytes(100);
+  const a = Buffer.from(data);
+  maskInPlace(a, Buffer.from([9, 8, 7, 6]));
+  const b = Buffer.from(data);
+  maskInPlace(b, Buffer.from([9, 8, 7, 6]), 0);
+  t.same(a, b);
+  const c = Buffer.from(data);
+  maskInPlace(c, Buffer.alloc(4));
+  t.same(c, data);
+});
+
+t.test("nextMaskKey writes 4 varying bytes at the offset, across pool refills", async (t) => {
+  const keys = new Set<string>();
+  const count = 5000; // more than one 8 KiB pool (2048 keys)
+  let outside = 0;
+  for (let i = 0; i < count; i++) {
+    const target = Buffer.alloc(10, 0xaa);
+    nextMaskKey(target, 3);
+    if (target[0] !== 0xaa || target[1] !== 0xaa || target[2] !== 0xaa || target.subarray(7).some((b) => b !== 0xaa)) outside++;
+    keys.add(target.subarray(3, 7).toString("hex"));
+  }
+  t.equal(outside, 0, "bytes outside the key untouched");
+  t.ok(keys.size > count - 10, `${keys.size} distinct keys out of ${count}`);
+  // every byte position takes many values: the keys are not a counter or a constant
+  const seen = [new Set<number>(), new Set<number>(), new Set<number>(), new Set<number>()];
+  for (const k of keys) for (let i = 0; i < 4; i++) seen[i]!.add(Buffer.from(k, "hex")[i]!);
+  for (let i = 0; i < 4; i++) t.ok(seen[i]!.size > 200, `byte ${i} took ${seen[i]!.size} values`);
+});
