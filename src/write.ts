@@ -306,6 +306,8 @@ class MessageWritable extends Writable {
   }
 
   private sendFrame(payload: Buffer, fin: boolean, callback: (error?: Error | null) => void): void {
+    // Destroyed while this write waited for the lock: it gave the lock back, so nothing may go out.
+    if (this.destroyed) return callback();
     const failure = this.side.failure;
     if (failure) return callback(failure);
     const first = !this.started;
