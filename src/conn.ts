@@ -98,6 +98,8 @@ export class Conn implements AsyncIterable<Message> {
   private pendingPong: Buffer | undefined;
   private closeSent = false;
   private receivedClose: { code: number; reason: string } | undefined;
+  /** Set between a peer's close frame and our answer to it (see onPeerClose). */
+  private closeAnswer: NodeJS.Immediate | undefined;
   private closeError: CloseError | undefined;
   private socketError: Error | undefined;
   private closeTimer: NodeJS.Timeout | undefined;
@@ -501,10 +503,23 @@ export class Conn implements AsyncIterable<Message> {
     }
     this.receivedClose = parsed;
     this.parser.stop();
-    const echo = parsed.code === StatusCode.NoStatusRcvd ? EMPTY : encodeClosePayload(parsed.code);
-    this.sendClose(new CloseError(parsed.code, parsed.reason, { remote: true }), echo);
+    // Answer on the next turn of the event loop: a message and the close often
+    // arrive in one TCP read, and the application woken by that message may
+    // still reply to it (an echo) before the close goes out. §5.5.1 lets an
+    // endpoint finish its current message before answering a close.
+    this.closeAnswer = setImmediate(() => this.answerClose());
+  }
+
+  /** answerClose echoes the peer's close code, once (https://www.rfc-editor.org/rfc/rfc6455#section-5.5.1). */
+  private answerClose(): void {
+    if (this.closeAnswer === undefined) return;
+    clearImmediate(this.closeAnswer);
+    this.closeAnswer = undefined;
+    const { code, reason } = this.receivedClose!;
+    const echo = code === StatusCode.NoStatusRcvd ? EMPTY : encodeClosePayload(code);
+    this.sendClose(new CloseError(code, reason, { remote: true }), echo);
     // The server closes TCP first (§7.1.1); the client waits for it.
-    if (this.isServer) this.socket.end();
+    if (this.isServer && !this.socket.destroyed) this.socket.end();
   }
 
   /**
@@ -547,6 +562,7 @@ export class Conn implements AsyncIterable<Message> {
   }
 
   private onSocketEnd(): void {
+    this.answerClose();
     if (this.receivedClose === undefined) {
       this.terminate(new CloseError(StatusCode.AbnormalClosure, "connection closed without a close frame"));
     }
@@ -559,6 +575,7 @@ export class Conn implements AsyncIterable<Message> {
   }
 
   private onSocketClose(): void {
+    this.answerClose();
     clearTimeout(this.closeTimer);
     this.parser.stop();
     this.inflater?.release();

@@ -150,11 +150,16 @@ export class ReadSide {
   /** endMessage completes the message being received. */
   endMessage(): void {
     const message = this.receiving!;
-    this.receiving = undefined;
-    if (this.error) return;
+    if (this.error) {
+      this.receiving = undefined;
+      return;
+    }
+    // Still `receiving` while failing, so terminate() fails this message and
+    // wakes a read waiting for its end.
     if (message.type === MessageType.Text && !this.utf8.end()) {
       return this.host.fail(1007, ErrorCode.InvalidUtf8, "text message ends inside a UTF-8 sequence");
     }
+    this.receiving = undefined;
     message.complete = true;
     this.notify();
   }
