@@ -80,6 +80,6 @@ function refuse(conn: Conn, code: StatusCode, reason: string, detail: string, ca
 /** wrap adds what failed to an error, leaving an abort's reason as the caller gave it. */
 function wrap(verb: string, err: unknown, signal: AbortSignal | undefined): unknown {
   if (signal?.aborted && err === signal.reason) return err;
-  const message = err instanceof Error ? err.message : String(err);
-  return new Error(`failed to ${verb} JSON: ${message}`, { cause: err });
+  // Everything else the connection rejects with is an Error (a CloseError, a TypeError).
+  return new Error(`failed to ${verb} JSON: ${(err as Error).message}`, { cause: err });
 }

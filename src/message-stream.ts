@@ -29,27 +29,20 @@ const READ_AHEAD = 1;
  * objects and writes Buffer, string or `{ type, data }` chunks.
  */
 export class MessageStream extends ConnDuplex {
-  private reading = false;
-
   /** Use messageStream(conn, signal). */
   constructor(conn: Conn, signal?: AbortSignal) {
     super(conn, { objectMode: true, readableHighWaterMark: READ_AHEAD }, signal);
   }
 
+  // Node calls _read again only after a push, so one read is pending at most.
   override _read(): void {
-    if (this.reading) return;
-    this.reading = true;
     this.conn.read().then(
       (message) => this.onMessage(message),
-      (err: unknown) => {
-        this.reading = false;
-        this.readFailed(err);
-      },
+      (err: unknown) => this.readFailed(err),
     );
   }
 
   private onMessage(message: Message): void {
-    this.reading = false;
     if (!this.destroyed) this.push(message);
   }
 

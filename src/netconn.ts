@@ -11,7 +11,7 @@
  * bytes below its high-water mark.
  */
 
-import { isIP } from "node:net";
+import { isIPv6 } from "node:net";
 import { Duplex, type DuplexOptions, type Readable } from "node:stream";
 import { CloseError, StatusCode } from "./close.js";
 import type { Conn } from "./conn.js";
@@ -232,7 +232,6 @@ export class NetConn extends ConnDuplex {
     stream.on("data", (chunk: Buffer) => this.onData(chunk));
     stream.once("end", () => this.onMessageEnd());
     stream.once("error", (err) => this.onReadError(err));
-    if (!this.wanted) stream.pause();
   }
 
   private onData(chunk: Buffer): void {
@@ -320,6 +319,5 @@ function typeName(type: MessageType): string {
 
 function ipFamily(address: string | undefined): string | undefined {
   if (address === undefined) return undefined;
-  const version = isIP(address);
-  return version === 6 ? "IPv6" : version === 4 ? "IPv4" : undefined;
+  return isIPv6(address) ? "IPv6" : "IPv4";
 }

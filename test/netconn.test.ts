@@ -328,12 +328,17 @@ t.test("net.Socket pass-through", async (t) => {
   t.equal(ws.setNoDelay(), ws);
   t.equal(ws.setKeepAlive(true, 1000), ws);
   t.equal(ws.bufferedAmount, 0);
+  // Activity pushes the idle timeout back; it is not armed by the end of this exchange.
+  const early = (): void => void t.fail("'timeout' while busy");
+  ws.setTimeout(60_000, early);
   ws.write("12345");
   await server.read();
   t.equal(ws.bytesWritten, 5);
   await server.write(MessageType.Binary, "abc");
   await once(ws, "data");
   t.equal(ws.bytesRead, 3);
+  ws.setTimeout(0, early);
+  t.equal(ws.listenerCount("timeout"), 0, "setTimeout(0, callback) removes the callback");
   // An idle stream emits 'timeout' and stays open, as a net.Socket does.
   let fired = 0;
   ws.setTimeout(20, () => fired++);
@@ -342,6 +347,22 @@ t.test("net.Socket pass-through", async (t) => {
   t.notOk(ws.destroyed, "'timeout' does not close the stream");
   ws.setTimeout(0);
   ws.destroy();
+  await client.closed;
+  t.same(netConn(client, MessageType.Binary).address(), {}, "no address once the socket is gone");
+});
+
+t.test("breaking out of for await in the middle of a message drops the connection", async (t) => {
+  const { client, server } = await pair(t);
+  const ws = netConn(client, MessageType.Binary);
+  const writing = server.write(MessageType.Binary, Buffer.alloc(8 * 1024 * 1024)).catch((err: unknown) => err);
+  let bytes = 0;
+  for await (const chunk of ws) {
+    bytes += (chunk as Buffer).length;
+    break;
+  }
+  t.ok(bytes > 0 && bytes < 8 * 1024 * 1024, "left after the first chunk");
+  t.equal((await server.closed).code, 1006, "the peer sees the connection dropped");
+  t.equal(closeStatus(await writing), 1006, "and its write fails");
 });
 
 /**

@@ -10,10 +10,10 @@
  * netConn and a TCP socket piped into each other, with backpressure both
  * ways; an end on one side ends the other, an error destroys both.
  *
- * As a script (with a TypeScript runner such as tsx, or once compiled):
+ * As a script, with a TypeScript runner such as tsx:
  *
- *   tunnel server 8080 db.internal:5432   # listen for WebSockets on :8080
- *   tunnel client 5433 ws://gateway:8080  # then: psql -h 127.0.0.1 -p 5433
+ *   npx tsx docs/examples/tunnel.ts server 8080 db.internal:5432  # WebSockets on :8080
+ *   npx tsx docs/examples/tunnel.ts client 5433 ws://gateway:8080 # then: psql -h 127.0.0.1 -p 5433
  *
  * In your code import from "wsconn"; this example imports the sources so
  * the tests run it as it is.
