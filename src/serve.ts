@@ -51,6 +51,9 @@ export async function serve(options: ServeOptions, handler: Handler): Promise<ht
     maxHeaderSize: options.maxHeaderSize ?? SERVE_MAX_HEADER_SIZE,
     headersTimeout: timeout,
     requestTimeout: timeout,
+    // Node enforces both timeouts only when it sweeps its connections, every
+    // 30 s by default: a slow head would live up to 30 s past the limit.
+    connectionsCheckingInterval: timeout > 0 ? Math.min(timeout, 1000) : undefined,
   };
   const server = options.tls ? https.createServer({ ...serverOptions, ...options.tls }) : http.createServer(serverOptions);
   server.maxHeadersCount = SERVE_MAX_HEADERS;

@@ -492,9 +492,15 @@ export interface RawExchange {
 /**
  * rawExchange sends `request` (in chunks of `chop` bytes, `intervalMs` apart
  * when given), and resolves once the server closes the connection, with
- * whatever it answered. Sending stops as soon as the server closes.
+ * whatever it answered. Sending stops as soon as the server closes. With
+ * `untilHead` it resolves as soon as a whole response head arrived (a 101
+ * keeps the socket open) and then drops the socket.
  */
-export function rawExchange(port: number, request: Buffer | string, o: { chop?: number; intervalMs?: number } = {}): Promise<RawExchange> {
+export function rawExchange(
+  port: number,
+  request: Buffer | string,
+  o: { chop?: number; intervalMs?: number; untilHead?: boolean } = {},
+): Promise<RawExchange> {
   const bytes = Buffer.isBuffer(request) ? request : Buffer.from(request, "latin1");
   return new Promise((resolve) => {
     const socket = net.connect({ port, host: "127.0.0.1" });
@@ -502,13 +508,20 @@ export function rawExchange(port: number, request: Buffer | string, o: { chop?: 
     const chunks: Buffer[] = [];
     let timer: NodeJS.Timeout | undefined;
     socket.on("error", () => undefined);
-    socket.on("data", (c: Buffer) => chunks.push(c));
-    socket.on("close", () => {
+    const finish = (): void => {
       clearInterval(timer);
       const response = Buffer.concat(chunks).toString("latin1");
       const status = /^HTTP\/1\.[01] (\d{3})/.exec(response);
       resolve({ status: status ? Number(status[1]) : 0, response, elapsedMs: Date.now() - started });
+    };
+    socket.on("data", (c: Buffer) => {
+      chunks.push(c);
+      if (o.untilHead && parseHead(Buffer.concat(chunks))) {
+        finish();
+        socket.destroy();
+      }
     });
+    socket.on("close", finish);
     if (o.chop === undefined) return void socket.write(bytes);
     let offset = 0;
     const step = (): void => {
