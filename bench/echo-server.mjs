@@ -5,7 +5,7 @@
  *              for its pure-JS paths, or without them for bufferutil + utf-8-validate)
  *   tcp        node:net, 4-byte length-prefixed messages, the echoes of one read
  *              corked into one write: the ceiling
- * Usage: node echo-server.mjs <kind>. Commands: memory { expect }.
+ * Usage: node echo-server.mjs <kind>. Commands: memory { expect }; cpu (µs of CPU used so far).
  * Listens on 127.0.0.1 only, on a free port it reports in `ready`.
  */
 
@@ -25,6 +25,10 @@ const { port, close, info = {} } = await servers[kind]();
 serveCommands(
   {
     memory: (p) => memory(p.expect ?? 0),
+    cpu: () => {
+      const { user, system } = process.cpuUsage();
+      return user + system;
+    },
     exit: close,
   },
   { port, kind, ...info },

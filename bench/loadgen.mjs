@@ -36,7 +36,7 @@ async function echo(p) {
   const result = run.stopMeasuring();
   await run.drained(5000);
   await Promise.all(conns.map((c) => c.close()));
-  return { ...result, bytes: result.messages * p.size };
+  return { ...result, total: run.total, bytes: result.messages * p.size };
 }
 
 /** EchoRun keeps every connection busy and records round trips, FIFO per connection. */
@@ -46,6 +46,7 @@ class EchoRun {
     this.measuring = false;
     this.stopped = false;
     this.messages = 0;
+    this.total = 0;
     this.samples = [];
     this.outstanding = 0;
     this.onIdle = undefined;
@@ -65,6 +66,7 @@ class EchoRun {
       const rtt = performance.now() - ring[head];
       head = (head + 1) % this.inflight;
       this.outstanding--;
+      this.total++;
       if (this.measuring) {
         this.messages++;
         if (this.samples.length < MAX_SAMPLES) this.samples.push(rtt);

@@ -16,7 +16,7 @@ export function renderMarkdown(results) {
     `Run: ${results.plan} plan, ${results.date.slice(0, 16).replace("T", " ")} UTC, ${Math.round(results.seconds)} s. ` +
       `Machine: ${m.cpu}, ${m.nproc} cores (nproc), ${m.memoryGiB} GiB, ${m.os}, node ${m.node}; load average at start ${m.load}.`,
   ];
-  if (results.echo) parts.push(summaryTable(results.echo), echoTable(results.echo), latencyTable(results.echo));
+  if (results.echo) parts.push(summaryTable(results.echo), echoTable(results.echo), cpuTable(results.echo), latencyTable(results.echo));
   if (results.clients) parts.push(clientsTable(results.clients));
   if (results.tunnel) parts.push(tunnelTable(results.tunnel));
   if (results.memory) parts.push(memoryTable(results.memory));
@@ -73,6 +73,27 @@ function echoTable(echo) {
     "The same raw frame load generator drives every server, so only the server differs.\n\n" +
     table(["size", "conns × in flight", ...echo.servers.map((s) => s.label), "wsconn/ws", "wsconn/ws+native", "wsconn/ceiling"], rows) +
     (helpers ? `\n\nws helpers as loaded in the server processes:\n${helpers}` : "")
+  );
+}
+
+function cpuTable(echo) {
+  const us = (v) => (Number.isFinite(v) ? (v >= 10 ? v.toFixed(0) : v.toFixed(1)) : "–");
+  const rows = echo.rows.map((r) => {
+    const x = r.results;
+    return [
+      fmtSize(r.size),
+      shapeLabel(r),
+      ...echo.servers.map((s) => us(x[s.id].cpuPerMsg)),
+      fmtRatio(x.ws.cpuPerMsg, x.wsconn.cpuPerMsg),
+      fmtRatio(x["ws-native"].cpuPerMsg, x.wsconn.cpuPerMsg),
+      fmtRatio(x.tcp.cpuPerMsg, x.wsconn.cpuPerMsg),
+    ];
+  });
+  return (
+    "### Server CPU time per echoed message (µs)\n\n" +
+    "User + system CPU of the server process over a whole measurement, divided by the messages it echoed. " +
+    "Unlike throughput this barely depends on what else the machine is running. Ratios are written so that > 1 means wsconn uses less CPU.\n\n" +
+    table(["size", "conns × in flight", ...echo.servers.map((s) => s.label), "ws/wsconn", "ws+native/wsconn", "ceiling/wsconn"], rows)
   );
 }
 

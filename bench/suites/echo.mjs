@@ -43,9 +43,12 @@ export async function runEcho(plan) {
   try {
     for (const s of SERVERS) servers.push({ ...s, child: await startServer(s) });
     const helpers = Object.fromEntries(servers.filter((s) => s.kind === "ws").map((s) => [s.id, describeHelpers(s.child.info)]));
-    const samples = await interleave(plan.runs, shapes, servers, (shape, s) =>
-      loadgen.call("echo", { client: "raw", port: s.child.info.port, proto: s.proto, ...shape, warmupMs, durationMs }, warmupMs + durationMs + 30_000),
-    );
+    const samples = await interleave(plan.runs, shapes, servers, async (shape, s) => {
+      const cpuBefore = await s.child.call("cpu");
+      const r = await loadgen.call("echo", { client: "raw", port: s.child.info.port, proto: s.proto, ...shape, warmupMs, durationMs }, warmupMs + durationMs + 30_000);
+      // CPU time per message hardly depends on what else the machine runs, unlike throughput
+      return { ...r, cpuPerMsg: ((await s.child.call("cpu")) - cpuBefore) / r.total };
+    });
     return { servers: SERVERS.map(({ id, label }) => ({ id, label })), helpers, rows: summarize(shapes, servers, samples) };
   } finally {
     await Promise.all([loadgen.stop(), ...servers.map((s) => s.child.stop())]);
@@ -116,6 +119,7 @@ function summarize(shapes, contenders, samples) {
         bytesPerSec: median(list.map((r) => r.bytes / r.seconds)),
         p50: median(list.map((r) => r.p50)),
         p99: median(list.map((r) => r.p99)),
+        cpuPerMsg: median(list.map((r) => r.cpuPerMsg ?? NaN)),
       };
     }
     return row;
