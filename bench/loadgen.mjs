@@ -28,6 +28,7 @@ async function echo(p) {
   const payload = randomBytes(p.size);
   const open = clients[p.client];
   const conns = await Promise.all(Array.from({ length: p.conns }, () => open(p, payload)));
+  const cpuStart = process.cpuUsage();
   const run = new EchoRun(p.inflight);
   for (const c of conns) run.drive(c);
   await sleep(p.warmupMs);
@@ -35,8 +36,9 @@ async function echo(p) {
   await sleep(p.durationMs);
   const result = run.stopMeasuring();
   await run.drained(5000);
+  const cpu = process.cpuUsage(cpuStart);
   await Promise.all(conns.map((c) => c.close()));
-  return { ...result, total: run.total, bytes: result.messages * p.size };
+  return { ...result, total: run.total, clientCpuPerMsg: (cpu.user + cpu.system) / run.total, bytes: result.messages * p.size };
 }
 
 /** EchoRun keeps every connection busy and records round trips, FIFO per connection. */

@@ -107,20 +107,23 @@ function latencyTable(echo) {
 }
 
 function clientsTable(clients) {
+  const us = (v) => (Number.isFinite(v) ? (v >= 10 ? v.toFixed(0) : v.toFixed(1)) : "–");
   const rows = clients.rows.map((r) => {
     const x = r.results;
     return [
       fmtSize(r.size),
       shapeLabel(r),
-      ...clients.clients.map((c) => `${fmtCount(x[c.id].msgsPerSec)} (${fmtMB(x[c.id].bytesPerSec)})`),
+      ...clients.clients.map((c) => `${fmtCount(x[c.id].msgsPerSec)} (${fmtMB(x[c.id].bytesPerSec)}) ${us(x[c.id].clientCpuPerMsg)} µs`),
       fmtRatio(x.wsconn.msgsPerSec, x.ws.msgsPerSec),
       fmtRatio(x.wsconn.msgsPerSec, x["ws-native"].msgsPerSec),
+      fmtRatio(x["ws-native"].clientCpuPerMsg, x.wsconn.clientCpuPerMsg),
     ];
   });
   return (
     `### Echo throughput by client (server: ${clients.server})\n\n` +
-    "Messages per second (payload MB/s). \"raw frames\" is the benchmark's own minimal client, the client-side ceiling.\n\n" +
-    table(["size", "conns × in flight", ...clients.clients.map((c) => c.label), "wsconn/ws", "wsconn/ws+native"], rows)
+    "Messages per second (payload MB/s) and the client process's CPU time per message. " +
+    "\"raw frames\" is the benchmark's own minimal client, the client-side ceiling. The last column is a CPU ratio: > 1 means wsconn's client uses less CPU.\n\n" +
+    table(["size", "conns × in flight", ...clients.clients.map((c) => c.label), "wsconn/ws", "wsconn/ws+native", "CPU ws+native/wsconn"], rows)
   );
 }
 

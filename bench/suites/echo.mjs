@@ -120,6 +120,7 @@ function summarize(shapes, contenders, samples) {
         p50: median(list.map((r) => r.p50)),
         p99: median(list.map((r) => r.p99)),
         cpuPerMsg: median(list.map((r) => r.cpuPerMsg ?? NaN)),
+        clientCpuPerMsg: median(list.map((r) => r.clientCpuPerMsg)),
       };
     }
     return row;
