@@ -33,3 +33,16 @@ export { netConn, type NetConn } from "./netconn.js";
 export { messageStream, type MessageStream, type OutgoingMessage } from "./message-stream.js";
 export { readJSON, writeJSON } from "./json.js";
 export type { CompressionMode, CompressionOptions } from "./compress.js";
+export {
+  Hub,
+  DEFAULT_MAX_QUEUED_BYTES,
+  type HubOptions,
+  type HubEvents,
+  type HubStats,
+  type AddOptions,
+  type SendOptions,
+  type SlowPolicy,
+} from "./hub.js";
+export { HubClient } from "./hub-client.js";
+export type { HeartbeatOptions } from "./hub-heartbeat.js";
+export { MemoryBus, RedisBus, type HubBus, type BusListener, type RedisPublisher, type RedisSubscriber } from "./hub-bus.js";

@@ -69,6 +69,8 @@ export class WriteSide {
   compression: WriteCompression | undefined;
   private error: CloseError | undefined;
   private drainWaiters: Array<{ resolve(): void; reject(err: unknown): void }> = [];
+  /** The socket is corked by writeBatched until the next tick. */
+  private batching = false;
 
   constructor(
     private readonly socket: Socket,
@@ -133,13 +135,30 @@ export class WriteSide {
   writePrepared(prepared: PreparedFrame, signal?: AbortSignal): Promise<void> {
     const write = this.masked
       ? () => this.writeFrame(prepared.firstByte, prepared.payload)
-      : () => this.socket.write(prepared.frame);
+      : () => this.writeBatched(prepared.frame);
     // A compressed prepared frame is its own deflate stream, but the peer's
     // window now holds its bytes: with context takeover our compressor's
     // back-references would point at the wrong data, so it starts afresh.
     const compressed = (prepared.firstByte & RSV1) !== 0;
     const send = compressed ? () => (this.compression?.deflater.release(), write()) : write;
     return this.submit(send, signal);
+  }
+
+  /**
+   * writeBatched writes a whole frame with the socket corked until the end
+   * of the tick, so that a burst of prepared messages (a hub draining its
+   * queue) leaves in one writev instead of one syscall per message.
+   */
+  private writeBatched(frame: Buffer): boolean {
+    if (!this.batching) {
+      this.batching = true;
+      this.socket.cork();
+      process.nextTick(() => {
+        this.batching = false;
+        this.socket.uncork();
+      });
+    }
+    return this.socket.write(frame);
   }
 
   /** submit runs `send` (which writes one whole message) under the write lock. */
