@@ -27,7 +27,11 @@ export const DEFAULT_CLOSE_TIMEOUT = 5000;
 
 /** CloseInfo is how a connection ended, as `Conn.closed` reports it. */
 export interface CloseInfo {
-  /** The code of the close frame received; 1005 if it had none, 1006 if none came. */
+  /**
+   * The code of the close frame received (1005 if it had none), or 1006 when
+   * none came, as in the WebSocket API. Why this side closed or failed the
+   * connection is in the CloseError that reads and writes reject with.
+   */
   code: number;
   /** The reason of the close frame received, or "". */
   reason: string;
@@ -419,6 +423,8 @@ export class Conn implements AsyncIterable<Message> {
 
   private inflate(chunk: Buffer): void {
     if (this.inflater!.write(chunk)) return;
+    // The rest of a socket chunk keeps coming while paused: one drain listener is enough.
+    if ((this.pauseReasons & PAUSE_INFLATER_FULL) !== 0) return;
     this.pauseFor(PAUSE_INFLATER_FULL);
     this.inflater!.onDrain(() => this.resumeFor(PAUSE_INFLATER_FULL));
   }

@@ -59,6 +59,8 @@ class InboundMessage {
   size = 0;
   complete = false;
   failed = false;
+  /** A read or reader took it: the read limit applies from then on. */
+  claimed = false;
   /** A read() has claimed it and buffers it whole, up to the read limit. */
   buffersWhole = false;
   /** Its reader stream was destroyed: later bytes are validated, then dropped. */
@@ -124,10 +126,13 @@ export class ReadSide {
   /**
    * admitsFrame tells whether `length` more bytes fit the read limit, failing
    * the connection with 1009 before any of them arrives when they do not.
+   * The limit applies to a message once a read takes it, as in nhooyr, so
+   * setReadLimit works for messages that arrived before it was called; until
+   * then unread bytes are bounded by READ_HIGH_WATER_MARK instead.
    */
   admitsFrame(length: number): boolean {
     const message = this.receiving!;
-    if (this.error || message.size + length <= this.readLimit) return true;
+    if (this.error || !message.claimed || message.size + length <= this.readLimit) return true;
     this.failTooBig(message.size + length);
     return false;
   }
@@ -140,7 +145,7 @@ export class ReadSide {
       return this.host.fail(1007, ErrorCode.InvalidUtf8, "text message is not valid UTF-8");
     }
     message.size += chunk.length;
-    if (message.size > this.readLimit) return this.failTooBig(message.size);
+    if (message.claimed && message.size > this.readLimit) return this.failTooBig(message.size);
     if (message.discard) return;
     message.chunks.push(chunk);
     if (!message.buffersWhole) this.addBuffered(chunk.length);
@@ -194,6 +199,10 @@ export class ReadSide {
     const head = this.inbox[0];
     if (head === undefined || !head.complete) return this.readSlowly(signal, true);
     this.inbox.shift();
+    if (!this.claim(head)) {
+      this.lock.release();
+      return Promise.reject(this.error);
+    }
     const message = this.takeWhole(head);
     this.lock.release();
     return Promise.resolve(message);
@@ -246,7 +255,10 @@ export class ReadSide {
   private async nextMessage(signal: AbortSignal | undefined): Promise<InboundMessage> {
     for (;;) {
       const head = this.inbox.shift();
-      if (head !== undefined) return head;
+      if (head !== undefined) {
+        if (!this.claim(head)) throw this.error;
+        return head;
+      }
       if (this.error) throw this.error;
       await this.waitEvent(signal);
     }
@@ -331,6 +343,14 @@ export class ReadSide {
 
   get failure(): CloseError | undefined {
     return this.error;
+  }
+
+  /** claim applies the read limit to a message a read takes; false after failing. */
+  private claim(message: InboundMessage): boolean {
+    message.claimed = true;
+    if (message.size <= this.readLimit) return true;
+    this.failTooBig(message.size);
+    return false;
   }
 
   private failTooBig(size: number): void {

@@ -1,0 +1,100 @@
+/**
+ * The README's quick start, run as a new user would: each TypeScript block
+ * (plain JavaScript apart from the fence) is saved as an ES module inside the
+ * package, where `import ... from "wsconn"` resolves to the built package by
+ * self-reference, and run with node. Port 8080 becomes a free port.
+ */
+
+import { spawn, type ChildProcess } from "node:child_process";
+import { once } from "node:events";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import * as net from "node:net";
+import { join } from "node:path";
+import t from "tap";
+import { dial, MessageType } from "../src/index.js";
+
+const root = new URL("..", import.meta.url).pathname;
+const blocks = [...readFileSync(join(root, "README.md"), "utf8").matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]!);
+const dir = mkdtempSync(join(root, ".readme-test-"));
+t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+
+async function freePort(): Promise<number> {
+  const server = net.createServer().listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const port = (server.address() as net.AddressInfo).port;
+  server.close();
+  await once(server, "close");
+  return port;
+}
+
+function run(name: string, code: string, port: number): ChildProcess {
+  const file = join(dir, `${name}.mjs`);
+  writeFileSync(file, code.replaceAll("8080", String(port)));
+  return spawn(process.execPath, [file], { stdio: ["ignore", "pipe", "pipe"] });
+}
+
+function output(child: ChildProcess): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  let stdout = "";
+  let stderr = "";
+  child.stdout!.on("data", (d) => (stdout += d));
+  child.stderr!.on("data", (d) => (stderr += d));
+  return once(child, "exit").then(([code]) => ({ code: code as number | null, stdout, stderr }));
+}
+
+/** dialWhenUp dials until the server child listens; each try awaits the refusal, no timer. */
+async function dialWhenUp(port: number, child: ChildProcess) {
+  let exited = false;
+  child.once("exit", () => (exited = true));
+  for (let attempt = 0; attempt < 2000 && !exited; attempt++) {
+    try {
+      return await dial(`ws://127.0.0.1:${port}`);
+    } catch (err) {
+      // Refused before the child listens; reset if it is killed or restarts.
+      if (!["ECONNREFUSED", "ECONNRESET"].includes((err as { code?: string }).code ?? "")) throw err;
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  }
+  throw new Error("the example server never listened");
+}
+
+function block(fragment: string): string {
+  const found = blocks.find((b) => b.includes(fragment));
+  if (found === undefined) throw new Error(`no README block contains ${fragment}`);
+  return found;
+}
+
+t.test("the README has its quick start blocks", async (t) => {
+  t.ok(blocks.length >= 4, `found ${blocks.length} TypeScript blocks`);
+});
+
+t.test("echo server and client of the quick start", async (t) => {
+  const port = await freePort();
+  const server = run("echo-server", block("await serve("), port);
+  t.teardown(() => void server.kill());
+  (await dialWhenUp(port, server)).closeNow();
+  const client = await output(run("echo-client", block('await dial("ws://'), port));
+  t.equal(client.stderr, "");
+  t.equal(client.stdout, "hello\n", "the client prints the echo");
+  t.equal(client.code, 0, "and exits once closed");
+});
+
+t.test("accept on your own http server", async (t) => {
+  const port = await freePort();
+  const server = run("accept-server", block("server.on(\"upgrade\""), port);
+  t.teardown(() => void server.kill());
+  const conn = await dialWhenUp(port, server);
+  await conn.write(MessageType.Binary, Buffer.from([1, 2, 3]));
+  t.same([...(await conn.read()).data], [1, 2, 3]);
+  await conn.close();
+});
+
+t.test("netConn upper-case echo", async (t) => {
+  const port = await freePort();
+  const server = run("netconn-server", block("netConn(conn"), port);
+  t.teardown(() => void server.kill());
+  const conn = await dialWhenUp(port, server);
+  await conn.write(MessageType.Binary, "hello, stream");
+  t.equal((await conn.read()).text(), "HELLO, STREAM");
+  await conn.close();
+  t.equal((await conn.closed).code, 1000);
+});
