@@ -77,16 +77,14 @@ export class MessageInflater {
     if (stream === undefined) return;
     this.stream = undefined;
     this.ending = undefined;
-    stream.removeAllListeners("data");
-    stream.on("error", noop);
-    stream.close();
+    detach(stream);
   }
 
   private open(): zlib.InflateRaw {
     if (this.stream !== undefined) return this.stream;
     const stream = zlib.createInflateRaw({ flush: zlib.constants.Z_SYNC_FLUSH, chunkSize: INFLATE_CHUNK });
     stream.on("data", (chunk: Buffer) => {
-      this.onChunk(chunk);
+      this.onChunk(ownBytes(chunk));
       this.finishIfDone();
     });
     stream.on("error", (err) => {
@@ -102,9 +100,41 @@ export class MessageInflater {
     const done = this.ending;
     if (done === undefined || !this.written || (this.stream !== undefined && this.stream.readableLength > 0)) return;
     this.ending = undefined;
-    if (!this.keepContext) this.release();
+    if (!this.keepContext || this.streamEnded()) this.release();
     done();
   }
+
+  /**
+   * streamEnded tells whether the message closed its DEFLATE stream with a
+   * BFINAL block, which a peer may do instead of a sync flush
+   * (https://www.rfc-editor.org/rfc/rfc7692#section-7.2.3.4). zlib then
+   * ignores further input, so the next message needs a new inflater; node's
+   * zlib only says so through its readable state (push(null) at
+   * Z_STREAM_END, before 'end' is emitted).
+   */
+  private streamEnded(): boolean {
+    const state = (this.stream as unknown as { _readableState?: { ended?: boolean } } | undefined)?._readableState;
+    return state?.ended === true;
+  }
+}
+
+/**
+ * ownBytes copies a chunk that uses a small part of zlib's output buffer, so
+ * that a short message kept by the application does not pin 16 KiB.
+ */
+function ownBytes(chunk: Buffer): Buffer {
+  if (chunk.length * 4 >= chunk.buffer.byteLength) return chunk;
+  const copy = Buffer.allocUnsafeSlow(chunk.length);
+  chunk.copy(copy);
+  return copy;
+}
+
+/** detach closes a zlib stream whose events nobody wants any more. */
+function detach(stream: zlib.InflateRaw | zlib.DeflateRaw): void {
+  stream.removeAllListeners("data");
+  stream.removeAllListeners("error");
+  stream.on("error", noop);
+  stream.close();
 }
 
 /**
@@ -157,9 +187,7 @@ export class MessageDeflater {
     const stream = this.stream;
     if (stream === undefined) return;
     this.stream = undefined;
-    stream.removeAllListeners("data");
-    stream.on("error", noop);
-    stream.close();
+    detach(stream);
   }
 
   private takeOutput(fin: boolean): Buffer {

@@ -1,0 +1,106 @@
+/**
+ * A WebSocket echo server run in a child process (`fork`) so that a test can
+ * measure the memory one server implementation needs per connection without
+ * the test's own sockets and buffers in the figure. Argument: a JSON config
+ * `{ impl: "wsconn" | "ws", compression: "disabled" | "context-takeover" |
+ * "no-context-takeover" }`.
+ *
+ * IPC protocol (parent -> child):
+ * - `{ type: "wait", connections: n }`: answers `{ type: "ready" }` once n
+ *   connections are open;
+ * - `{ type: "measure" }`: answers `{ type: "sample", sample, connections }`
+ *   after a full garbage collection;
+ * - `{ type: "exit" }`: exits.
+ * On start it sends `{ type: "listening", port }`.
+ */
+
+import * as http from "node:http";
+import type { AddressInfo } from "node:net";
+import * as v8 from "node:v8";
+import * as vm from "node:vm";
+import type { PerMessageDeflateOptions } from "ws";
+import type { CompressionMode } from "../../src/compress.js";
+
+// Only the implementation measured is loaded (and compiled): the children start faster.
+
+interface Config {
+  impl: "wsconn" | "ws";
+  compression: CompressionMode;
+}
+
+const config = JSON.parse(process.argv[2] ?? "{}") as Config;
+let open = 0;
+let waitingFor: number | undefined;
+
+function send(message: unknown): void {
+  process.send?.(message);
+}
+
+function opened(): void {
+  open++;
+  answerWait();
+}
+
+function answerWait(): void {
+  if (waitingFor === undefined || open < waitingFor) return;
+  waitingFor = undefined;
+  send({ type: "ready" });
+}
+
+function wsOptions(mode: CompressionMode): PerMessageDeflateOptions | false {
+  if (mode === "disabled") return false;
+  if (mode === "context-takeover") return { threshold: 0 };
+  return { threshold: 0, serverNoContextTakeover: true, clientNoContextTakeover: true };
+}
+
+async function start(): Promise<number> {
+  const server = http.createServer((_req, res) => res.writeHead(426).end());
+  if (config.impl === "ws") {
+    const { WebSocketServer } = await import("ws");
+    const wss = new WebSocketServer({ server, perMessageDeflate: wsOptions(config.compression), maxPayload: 1 << 20 });
+    wss.on("connection", (ws) => {
+      opened();
+      ws.on("message", (data, isBinary) => ws.send(data as Buffer, { binary: isBinary }));
+      ws.on("close", () => open--);
+    });
+  } else {
+    const { accept } = await import("../../src/accept.js");
+    server.on("upgrade", (req, socket, head) => {
+      accept(req, socket, head, { compression: config.compression }).then((conn) => {
+        opened();
+        void (async () => {
+          try {
+            for await (const msg of conn) await conn.write(msg.type, msg.data);
+          } catch {
+            // the measurement only counts connections
+          }
+          open--;
+        })();
+      }, () => undefined);
+    });
+  }
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return (server.address() as AddressInfo).port;
+}
+
+process.on("message", (message: { type: string; connections?: number }) => {
+  if (message.type === "wait") {
+    waitingFor = message.connections!;
+    answerWait();
+  } else if (message.type === "measure") {
+    send({ type: "sample", sample: memorySample(), connections: open });
+  } else if (message.type === "exit") {
+    process.exit(0);
+  }
+});
+
+/** memorySample collects garbage twice, then reads process.memoryUsage(). */
+function memorySample(): NodeJS.MemoryUsage {
+  v8.setFlagsFromString("--expose-gc");
+  const gc = vm.runInNewContext("gc") as () => void;
+  gc();
+  gc();
+  return process.memoryUsage();
+}
+
+start().then((port) => send({ type: "listening", port }));
