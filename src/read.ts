@@ -61,6 +61,8 @@ class InboundMessage {
   failed = false;
   /** A read or reader took it: the read limit applies from then on. */
   claimed = false;
+  /** Its size once the frame being received has arrived whole, as headers declare it. */
+  declared = 0;
   /** A read() has claimed it and buffers it whole, up to the read limit. */
   buffersWhole = false;
   /** Its reader stream was destroyed: later bytes are validated, then dropped. */
@@ -81,6 +83,13 @@ class InboundMessage {
 
 /** Unread bytes past which the socket is paused. */
 export const READ_HIGH_WATER_MARK = 256 * 1024;
+
+/**
+ * What a queued message costs besides its payload (its objects, about 140
+ * bytes of heap), counted as unread bytes so that a flood of empty messages
+ * nobody reads pauses the socket too, instead of growing the queue forever.
+ */
+const MESSAGE_COST = 128;
 
 const EMPTY = Buffer.alloc(0);
 
@@ -119,6 +128,7 @@ export class ReadSide {
       return false;
     }
     this.inbox.push(message);
+    this.addBuffered(MESSAGE_COST);
     this.notify();
     return true;
   }
@@ -132,8 +142,9 @@ export class ReadSide {
    */
   admitsFrame(length: number): boolean {
     const message = this.receiving!;
-    if (this.error || !message.claimed || message.size + length <= this.readLimit) return true;
-    this.failTooBig(message.size + length);
+    message.declared = message.size + length;
+    if (this.error || !message.claimed || message.declared <= this.readLimit) return true;
+    this.failTooBig(message.declared);
     return false;
   }
 
@@ -348,8 +359,12 @@ export class ReadSide {
   /** claim applies the read limit to a message a read takes; false after failing. */
   private claim(message: InboundMessage): boolean {
     message.claimed = true;
-    if (message.size <= this.readLimit) return true;
-    this.failTooBig(message.size);
+    this.consumed(MESSAGE_COST);
+    // A frame header may already have declared more than the limit: fail now,
+    // before its payload arrives.
+    const size = Math.max(message.size, message.declared);
+    if (size <= this.readLimit) return true;
+    this.failTooBig(size);
     return false;
   }
 

@@ -169,7 +169,7 @@ function script(r: Rng, masks: boolean): Script {
   const frames: RawFrame[] = [];
   const units = 1 + r.int(6);
   for (let k = 0; k < units; k++) frames.push(...unit(r));
-  let bytes = Buffer.concat(frames.map((f) => encodeFrame(f, masks)));
+  let bytes: Buffer = Buffer.concat(frames.map((f) => encodeFrame(f, masks)));
   if (r.chance(0.05)) bytes = r.bytes(r.int(64));
   else if (r.chance(0.6)) bytes = mutate(r, bytes);
   const chunks: number[] = [];
@@ -362,4 +362,33 @@ t.test("fuzz", async (t) => {
   t.same(uncaught.map(String), [], "no uncaught exception or unhandled rejection");
   process.off("uncaughtException", onUncaught);
   process.off("unhandledRejection", onUncaught);
+});
+
+t.test("a flood of empty messages nobody reads pauses the socket instead of filling the heap", async (t) => {
+  const server = http.createServer();
+  const accepted = new Promise<{ conn: Conn; socket: net.Socket }>((resolve) => {
+    server.on("upgrade", (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => {
+      accept(req, socket, head).then((conn) => resolve({ conn, socket }), () => undefined);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  const peer = await rawConnect((server.address() as AddressInfo).port);
+  const { conn, socket } = await accepted;
+  collectGarbage();
+  const before = process.memoryUsage().heapUsed;
+  const paused = new Promise((resolve) => socket.once("pause", resolve));
+  // 6 bytes on the wire per message (header and mask key): 1M of them is 6 MB,
+  // about 140 MB of heap if every one were queued.
+  const batch = Buffer.concat(Array.from({ length: 10_000 }, () => encodeFrame({ opcode: Op.Text }, true)));
+  for (let i = 0; i < 100; i++) peer.socket.write(batch);
+  t.ok(await guard(paused), "the server paused the socket");
+  collectGarbage();
+  const growth = process.memoryUsage().heapUsed - before;
+  t.ok(growth < 16 * 1024 * 1024, `heap grew by ${(growth / 1024 / 1024).toFixed(1)} MiB before the socket paused`);
+  const first = await conn.read();
+  t.equal(first.data.length, 0, "the queued messages are still there to read");
+  peer.destroy();
+  conn.closeNow();
+  await conn.closed;
 });
