@@ -13,6 +13,14 @@ import { performance } from "node:perf_hooks";
 import { pipeline } from "node:stream";
 import { distUrl, serveCommands } from "./lib/ipc.mjs";
 
+/** Commands every role answers: cpu (µs of CPU used so far). */
+const common = {
+  cpu: () => {
+    const { user, system } = process.cpuUsage();
+    return user + system;
+  },
+};
+
 const [role, arg] = process.argv.slice(2);
 const roles = { load: startLoad, exit: startExit, entry: startEntry, proxy: startProxy };
 if (!roles[role]) throw new Error(`unknown tunnel role ${role}`);
@@ -24,6 +32,7 @@ async function listen(server) {
 }
 
 function ignore() {}
+
 
 /** loadNetConn returns wsconn's exports, or reports to the parent that netConn is not there yet. */
 async function loadNetConn() {
@@ -43,7 +52,7 @@ async function startExit(targetPort) {
     target.setNoDelay(true);
     pipeline(stream, target, stream, ignore);
   });
-  serveCommands({}, { port: server.address().port });
+  serveCommands(common, { port: server.address().port });
 }
 
 async function startEntry(exitPort) {
@@ -61,7 +70,7 @@ async function startEntry(exitPort) {
       socket.destroy();
     }
   });
-  serveCommands({}, { port: await listen(server) });
+  serveCommands(common, { port: await listen(server) });
 }
 
 async function startProxy(targetPort) {
@@ -71,7 +80,7 @@ async function startProxy(targetPort) {
     target.setNoDelay(true);
     pipeline(socket, target, socket, ignore);
   });
-  serveCommands({}, { port: await listen(server) });
+  serveCommands(common, { port: await listen(server) });
 }
 
 /**
@@ -90,7 +99,7 @@ async function startLoad() {
     else pump(socket, chunk);
   });
   const targetPort = await listen(target);
-  serveCommands({ blast: (p) => blast(p, meter, chunk, targets) }, { targetPort });
+  serveCommands({ ...common, blast: (p) => blast(p, meter, chunk, targets) }, { targetPort });
 }
 
 /** pump writes `chunk` to `socket` for as long as it stays open, honouring backpressure. */

@@ -129,17 +129,23 @@ function clientsTable(clients) {
 
 function tunnelTable(tunnel) {
   if (tunnel.unavailable) return `### netConn tunnel\n\nNot measured: ${tunnel.unavailable}.`;
+  const ms = (v) => (Number.isFinite(v) ? v.toFixed(1) : "–");
   const rows = tunnel.rows.map((r) => [
     r.direction === "up" ? "client → server" : "server → client",
     String(r.streams),
     fmtMB(r.netConn),
-    fmtMB(r.ceiling),
-    fmtRatio(r.netConn, r.ceiling),
+    fmtMB(r.proxy2),
+    fmtMB(r.proxy),
+    fmtRatio(r.netConn, r.proxy2),
+    fmtRatio(r.netConn, r.proxy),
+    `${ms(r.netConnCpuPerMB)} / ${ms(r.proxy2CpuPerMB)} / ${ms(r.proxyCpuPerMB)}`,
   ]);
   return (
     "### netConn tunnel throughput (MB/s)\n\n" +
-    "TCP → wsconn dial + netConn → WebSocket → wsconn serve + netConn → TCP, against a plain node:net proxy (one hop) as the ceiling.\n\n" +
-    table(["direction", "streams", "netConn tunnel", "TCP proxy (ceiling)", "tunnel / ceiling"], rows)
+    "TCP → `dial` + `netConn` → WebSocket → `serve` + `netConn` → TCP (two processes), against two chained node:net proxies " +
+    "(the same topology without WebSocket) and one proxy (the ceiling). The last column is the CPU time of the forwarding processes per MB moved, " +
+    "which depends less on the machine's other load than MB/s does. \"client → server\" is the masked direction.\n\n" +
+    table(["direction", "streams", "netConn tunnel", "2 TCP proxies", "1 TCP proxy (ceiling)", "tunnel / 2 proxies", "tunnel / ceiling", "CPU ms per MB: tunnel / 2 proxies / 1 proxy"], rows)
   );
 }
 
