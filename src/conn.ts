@@ -210,16 +210,29 @@ export class Conn implements AsyncIterable<Message> {
    * CloseError of any other close. Breaking out of the loop leaves the
    * connection open.
    */
-  async *[Symbol.asyncIterator](): AsyncIterator<Message> {
-    for (;;) {
-      try {
-        yield await this.reads.read();
-      } catch (err) {
-        if (err instanceof CloseError && QUIET_CLOSE_CODES.has(err.code)) return;
-        throw err;
-      }
-    }
+  [Symbol.asyncIterator](): AsyncIterableIterator<Message> {
+    // A plain iterator rather than an async generator: one promise per
+    // message instead of a generator's several.
+    let done = false;
+    const end = (): IteratorResult<Message> => ((done = true), { done: true, value: undefined });
+    const iterator: AsyncIterableIterator<Message> = {
+      next: () => {
+        if (done) return Promise.resolve(end());
+        return this.reads.read().then(
+          (value) => ({ done: false, value }),
+          (err: unknown) => {
+            if (err instanceof CloseError && QUIET_CLOSE_CODES.has(err.code)) return end();
+            done = true;
+            throw err;
+          },
+        );
+      },
+      return: () => Promise.resolve(end()),
+      [Symbol.asyncIterator]: () => iterator,
+    };
+    return iterator;
   }
+
 
   // ---- writing ----
 
