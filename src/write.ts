@@ -145,20 +145,35 @@ export class WriteSide {
   }
 
   /**
-   * writeBatched writes a whole frame with the socket corked until the end
-   * of the tick, so that a burst of prepared messages (a hub draining its
-   * queue) leaves in one writev instead of one syscall per message.
+   * writeBatched writes a whole frame, batching small ones: the socket stays
+   * corked until the end of the tick, so a burst of prepared messages (a hub
+   * draining its queue) leaves in one writev instead of one syscall per
+   * message. The batch is flushed before it would reach the socket's
+   * high-water mark, and a frame that large is written uncorked, so batching
+   * never makes a write report backpressure the kernel would not.
    */
   private writeBatched(frame: Buffer): boolean {
+    const socket = this.socket;
+    const limit = socket.writableHighWaterMark;
+    if (frame.length >= limit) {
+      if (!this.batching) return socket.write(frame);
+      socket.uncork();
+      const ok = socket.write(frame);
+      socket.cork();
+      return ok;
+    }
     if (!this.batching) {
       this.batching = true;
-      this.socket.cork();
+      socket.cork();
       process.nextTick(() => {
         this.batching = false;
-        this.socket.uncork();
+        socket.uncork();
       });
+    } else if (socket.writableLength + frame.length >= limit) {
+      socket.uncork(); // flush the batch, then start another
+      socket.cork();
     }
-    return this.socket.write(frame);
+    return socket.write(frame);
   }
 
   /** submit runs `send` (which writes one whole message) under the write lock. */

@@ -85,6 +85,9 @@ export class AbortableLock {
   }
 
   private compact(): void {
+    // The common case, a lock nobody waited for: nothing to compact, and no
+    // new array per release (a hub writes millions of messages through here).
+    if (this.head === 0 && this.queue.length === 0) return;
     if (this.head === this.queue.length) {
       this.queue = [];
       this.head = 0;
