@@ -91,6 +91,13 @@ export const READ_HIGH_WATER_MARK = 256 * 1024;
  */
 const MESSAGE_COST = 128;
 
+/**
+ * What each queued payload chunk costs besides its bytes (a Buffer view,
+ * about 100 bytes of heap): a message sent as one-byte fragments would
+ * otherwise hold 100 times READ_HIGH_WATER_MARK before the socket pauses.
+ */
+const CHUNK_COST = 96;
+
 const EMPTY = Buffer.alloc(0);
 
 /** ReadSide owns the incoming message queue of one connection. */
@@ -159,7 +166,7 @@ export class ReadSide {
     if (message.claimed && message.size > this.readLimit) return this.failTooBig(message.size);
     if (message.discard) return;
     message.chunks.push(chunk);
-    if (!message.buffersWhole) this.addBuffered(chunk.length);
+    if (!message.buffersWhole) this.addBuffered(chunk.length + CHUNK_COST);
     this.notify();
   }
 
@@ -325,7 +332,7 @@ export class ReadSide {
   private takeWhole(message: InboundMessage): Message {
     const { chunks, taken } = message;
     const count = chunks.length - taken;
-    if (!message.buffersWhole) this.consumed(message.size);
+    if (!message.buffersWhole) this.consumed(message.size + count * CHUNK_COST);
     if (count === 1) return new ReceivedMessage(message.type, chunks[taken]!);
     if (count === 0) return new ReceivedMessage(message.type, EMPTY);
     return new ReceivedMessage(message.type, Buffer.concat(taken === 0 ? chunks : chunks.slice(taken), message.size));
@@ -333,14 +340,14 @@ export class ReadSide {
 
   private bytesQueued(message: InboundMessage): number {
     let total = 0;
-    for (let i = message.taken; i < message.chunks.length; i++) total += message.chunks[i]!.length;
+    for (let i = message.taken; i < message.chunks.length; i++) total += message.chunks[i]!.length + CHUNK_COST;
     return total;
   }
 
   /** takeChunk gives a reader stream the next chunk of its message. */
   takeChunk(message: InboundMessage): Buffer {
     const chunk = message.nextChunk();
-    this.consumed(chunk.length);
+    this.consumed(chunk.length + CHUNK_COST);
     return chunk;
   }
 

@@ -364,31 +364,64 @@ t.test("fuzz", async (t) => {
   process.off("unhandledRejection", onUncaught);
 });
 
-t.test("a flood of empty messages nobody reads pauses the socket instead of filling the heap", async (t) => {
-  const server = http.createServer();
-  const accepted = new Promise<{ conn: Conn; socket: net.Socket }>((resolve) => {
-    server.on("upgrade", (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => {
-      accept(req, socket, head).then((conn) => resolve({ conn, socket }), () => undefined);
+/** floodCase: a stream whose queued form would cost far more heap than its bytes, unless accounted for. */
+interface FloodCase {
+  name: string;
+  /** The stream, sent without waiting for the server to read it. */
+  bytes(): Buffer;
+  /** What the first read returns once reading starts. */
+  first: { length: number };
+}
+
+const FLOODS: FloodCase[] = [
+  {
+    // 6 bytes on the wire per message (header and mask key), ~140 bytes of heap each if all were queued.
+    name: "100k empty messages",
+    bytes: () => Buffer.concat(Array.from({ length: 10_000 }, () => encodeFrame({ opcode: Op.Text }, true))),
+    first: { length: 0 },
+  },
+  {
+    // 7 bytes on the wire per fragment, ~100 bytes of heap each if all were queued.
+    name: "one message in 100k one-byte fragments",
+    bytes: () => {
+      const frames = [encodeFrame({ opcode: Op.Binary, payload: Buffer.from([1]), fin: false }, true)];
+      for (let i = 1; i < 100_000; i++) frames.push(encodeFrame({ opcode: Op.Continuation, payload: Buffer.from([1]), fin: i === 99_999 }, true));
+      return Buffer.concat(frames);
+    },
+    first: { length: 100_000 },
+  },
+];
+
+for (const flood of FLOODS) {
+  t.test(`a flood nobody reads pauses the socket instead of filling the heap: ${flood.name}`, async (t) => {
+    const server = http.createServer();
+    const accepted = new Promise<{ conn: Conn; socket: net.Socket }>((resolve) => {
+      server.on("upgrade", (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => {
+        accept(req, socket, head, { readLimit: Infinity }).then((conn) => resolve({ conn, socket }), () => undefined);
+      });
     });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+    const peer = await rawConnect((server.address() as AddressInfo).port);
+    const { conn, socket } = await accepted;
+    const bytes = flood.bytes();
+    collectGarbage();
+    const before = process.memoryUsage().heapUsed;
+    const paused = new Promise((resolve) => socket.once("pause", resolve));
+    for (let i = 0; i < (flood.first.length === 0 ? 10 : 1); i++) peer.socket.write(bytes);
+    t.ok(await guard(paused), "the server paused the socket");
+    collectGarbage();
+    const growth = process.memoryUsage().heapUsed - before;
+    t.ok(growth < 16 * 1024 * 1024, `heap grew by ${(growth / 1024 / 1024).toFixed(1)} MiB before the socket paused`);
+    const first = await conn.read();
+    t.equal(first.data.length, flood.first.length, "reading takes what was queued, and the socket resumes");
+    // Nothing is left counted as unread: a later message still flows.
+    peer.socket.write(encodeFrame({ opcode: Op.Binary, payload: Buffer.alloc(300 * 1024, 2) }, true));
+    let next = await conn.read();
+    while (next.data.length === 0) next = await conn.read();
+    t.equal(next.data.length, 300 * 1024, "a later 300 KiB message arrives");
+    peer.destroy();
+    conn.closeNow();
+    await conn.closed;
   });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
-  const peer = await rawConnect((server.address() as AddressInfo).port);
-  const { conn, socket } = await accepted;
-  collectGarbage();
-  const before = process.memoryUsage().heapUsed;
-  const paused = new Promise((resolve) => socket.once("pause", resolve));
-  // 6 bytes on the wire per message (header and mask key): 1M of them is 6 MB,
-  // about 140 MB of heap if every one were queued.
-  const batch = Buffer.concat(Array.from({ length: 10_000 }, () => encodeFrame({ opcode: Op.Text }, true)));
-  for (let i = 0; i < 100; i++) peer.socket.write(batch);
-  t.ok(await guard(paused), "the server paused the socket");
-  collectGarbage();
-  const growth = process.memoryUsage().heapUsed - before;
-  t.ok(growth < 16 * 1024 * 1024, `heap grew by ${(growth / 1024 / 1024).toFixed(1)} MiB before the socket paused`);
-  const first = await conn.read();
-  t.equal(first.data.length, 0, "the queued messages are still there to read");
-  peer.destroy();
-  conn.closeNow();
-  await conn.closed;
-});
+}
