@@ -425,3 +425,31 @@ for (const flood of FLOODS) {
     await conn.closed;
   });
 }
+
+t.test("a peer that pings but never reads gets one coalesced pong, not a growing queue", async (t) => {
+  const server = http.createServer();
+  const total = 100_000;
+  let pings = 0;
+  let allPinged!: () => void;
+  const done = new Promise<void>((resolve) => (allPinged = resolve));
+  const accepted = new Promise<{ conn: Conn; socket: net.Socket }>((resolve) => {
+    server.on("upgrade", (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => {
+      const onPing = (): void => void (++pings === total && allPinged());
+      accept(req, socket, head, { onPing }).then((conn) => resolve({ conn, socket }), () => undefined);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  const peer = await rawConnect((server.address() as AddressInfo).port);
+  const { conn, socket } = await accepted;
+  peer.socket.pause(); // never read a pong
+  const ping = encodeFrame({ opcode: Op.Ping, payload: Buffer.alloc(125, 7) }, true);
+  const batch = Buffer.concat(Array.from({ length: 1000 }, () => ping));
+  for (let i = 0; i < total / 1000; i++) peer.socket.write(batch);
+  t.ok(await guard(done), `the server read all ${total} pings (${((total * ping.length) / 1e6).toFixed(1)} MB)`);
+  const bound = socket.writableHighWaterMark + 2 * 127;
+  t.ok(socket.writableLength <= bound, `${socket.writableLength} bytes of pongs wait in the socket (bound ${bound})`);
+  peer.destroy();
+  conn.closeNow();
+  await conn.closed;
+});
