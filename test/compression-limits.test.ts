@@ -16,7 +16,7 @@ import { fork } from "node:child_process";
 import { once } from "node:events";
 import { fileURLToPath } from "node:url";
 import { CloseError, dial, MessageType, type Conn, type CompressionMode } from "../src/index.js";
-import { collectGarbage, deflateMessage, frame, memorySample, mib, PeerDeflater, rawUpgrade, startAnsweringServer, type MemorySample, type RawUpgrade } from "./helpers/deflate-peer.js";
+import { deflateMessage, frame, memorySample, mib, PeerDeflater, rawUpgrade, startAnsweringServer, type MemorySample, type RawUpgrade } from "./helpers/deflate-peer.js";
 import { OP, rejection, startWsconnServer, type WsconnServer } from "./helpers/interop.js";
 
 type TestContext = Parameters<Parameters<typeof t.test>[0]>[0];
@@ -331,11 +331,16 @@ t.test(`memory per connection, ${CONNECTIONS} connections per mode, wsconn vs ws
     { impl: "ws", compression: "context-takeover" },
     { impl: "ws", compression: "no-context-takeover" },
   ];
-  // Children start (and compile the TypeScript sources) in parallel; they are
-  // idle until measured, one at a time.
-  const servers = configs.map((config) => startMemoryServer(config));
+  // Each server runs in its own process, so each measures only itself. They
+  // are measured one at a time (at once, on a small machine, every phase
+  // only gets slower), and the next one starts while one is measured.
   const results: Measured[] = [];
-  for (const server of servers) results.push(await measureServer(await server));
+  let next = startMemoryServer(configs[0]!);
+  for (let i = 0; i < configs.length; i++) {
+    const server = await next;
+    if (i + 1 < configs.length) next = startMemoryServer(configs[i + 1]!);
+    results.push(await measureServer(server));
+  }
   t.comment(`message: ${MESSAGE.length} B of JSON each way; per connection, heap+external (RSS):`);
   for (const r of results) {
     t.comment(`  ${r.label.padEnd(26)} idle ${kib(r.idle)} (${kib(r.idleRss)} RSS)   after one message each way ${kib(r.active)} (${kib(r.activeRss)} RSS)`);
@@ -367,7 +372,8 @@ interface MemoryServer {
 /** startMemoryServer forks test/helpers/memory-server.ts with `config` and waits for its port. */
 async function startMemoryServer(config: { impl: "wsconn" | "ws"; compression: CompressionMode }): Promise<MemoryServer> {
   const child = fork(fileURLToPath(new URL("./helpers/memory-server.ts", import.meta.url)), [JSON.stringify(config)], {
-    execArgv: process.execArgv,
+    // Only the TypeScript loader: tap's process tracking and mocks slow children down.
+    execArgv: process.execArgv.filter((arg) => arg.includes("typescript")),
     stdio: ["ignore", "inherit", "inherit", "ipc"],
   });
   const exited = once(child, "exit");
@@ -403,7 +409,9 @@ async function measureServer(server: MemoryServer): Promise<Measured> {
   try {
     const compressed = config.compression !== "disabled";
     // Warm up code paths and pools so that the baseline includes them.
-    await closeAll(await exchange(await openClients(port, 20), compressed));
+    closeAll(await exchange(await openClients(port, 10), compressed));
+    server.send({ type: "wait", connections: 0 });
+    await server.reply();
     const base = await measure();
     phase("warm-up");
     const clients = await openClients(port, CONNECTIONS);
@@ -414,8 +422,7 @@ async function measureServer(server: MemoryServer): Promise<Measured> {
     await exchange(clients, compressed);
     phase("exchange");
     const active = await measure();
-    await closeAll(clients);
-    phase("close");
+    for (const c of clients) c.socket.destroy();
     const heap = (s: MemorySample): number => s.heapUsed + s.external;
     return {
       phases: phases.join(", "),
@@ -455,13 +462,6 @@ async function exchange(clients: RawUpgrade[], compressed: boolean): Promise<Raw
   return clients;
 }
 
-async function closeAll(clients: RawUpgrade[]): Promise<void> {
-  await Promise.all(
-    clients.map((c) => {
-      const closed = once(c.socket, "close");
-      c.socket.destroy();
-      return closed;
-    }),
-  );
-  collectGarbage();
+function closeAll(clients: RawUpgrade[]): void {
+  for (const c of clients) c.socket.destroy();
 }

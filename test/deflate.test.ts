@@ -22,6 +22,10 @@ function inflateAll(inflater: MessageInflater, chunks: Buffer[], out: Buffer[]):
   return new Promise((resolve) => inflater.end(resolve));
 }
 
+async function until(condition: () => boolean): Promise<void> {
+  while (!condition()) await new Promise((resolve) => setImmediate(resolve));
+}
+
 function hasZlibState(o: MessageDeflater | MessageInflater): boolean {
   return (o as unknown as { stream: unknown }).stream !== undefined;
 }
@@ -158,19 +162,16 @@ t.test("MessageInflater hands out bounded chunks and stops while paused", async 
   inflater.pause();
   inflater.write(bomb);
   let ended = false;
-  inflater.end(() => (ended = true));
-  await new Promise((resolve) => setTimeout(resolve, 50));
+  const done = new Promise<void>((resolve) => inflater.end(() => ((ended = true), resolve())));
   const stream = (inflater as unknown as { stream: zlib.InflateRaw }).stream;
+  // zlib stops once its readable buffer is full; then a few more turns change nothing.
+  await until(() => stream.readableLength >= stream.readableHighWaterMark);
+  const held = stream.readableLength;
+  for (let i = 0; i < 20; i++) await new Promise((resolve) => setImmediate(resolve));
   t.equal(produced, 0, "nothing handed out while paused");
-  t.ok(stream.readableLength <= 64 * 1024, `zlib holds ${stream.readableLength} B while paused`);
+  t.equal(stream.readableLength, held, "zlib stopped producing");
+  t.ok(held <= 64 * 1024, `zlib holds ${held} B while paused`);
   t.notOk(ended, "the message cannot end while output is held");
-  const done = new Promise<void>((resolve) => {
-    const check = setInterval(() => {
-      if (!ended) return;
-      clearInterval(check);
-      resolve();
-    }, 5);
-  });
   inflater.resume();
   await done;
   t.equal(produced, 8 * 1024 * 1024, "everything handed out after resume");
@@ -192,20 +193,27 @@ t.test("MessageInflater reports invalid data once, and release is safe at any ti
   ];
   for (const [name, payload] of cases) {
     const errors: Error[] = [];
-    const inflater = new MessageInflater(true, () => undefined, (err) => errors.push(err));
+    let failed!: () => void;
+    const firstError = new Promise<void>((resolve) => (failed = resolve));
+    const inflater = new MessageInflater(true, () => undefined, (err) => (errors.push(err), failed()));
+    const stream = (inflater as unknown as { open(): zlib.InflateRaw }).open();
+    const closed = new Promise((resolve) => stream.once("close", resolve));
     inflater.write(payload);
-    inflater.end(() => undefined);
-    await new Promise((resolve) => setTimeout(resolve, 20));
+    inflater.end(() => t.fail(`${name}: the message must not complete`));
+    await firstError;
+    await closed;
     t.equal(errors.length, 1, `${name}: one error`);
     t.equal(hasZlibState(inflater), false, `${name}: state released`);
     inflater.release();
   }
   const busy = new MessageInflater(true, () => undefined, () => t.fail("no error after release"));
+  const busyStream = (busy as unknown as { open(): zlib.InflateRaw }).open();
+  const busyClosed = new Promise((resolve) => busyStream.once("close", resolve));
   busy.write(deflateMessage(Buffer.alloc(4 * 1024 * 1024)));
   busy.release();
   busy.release();
-  await new Promise((resolve) => setTimeout(resolve, 20));
-  t.pass("released mid-inflate without an uncaught error");
+  await busyClosed;
+  t.pass("released mid-inflate: the zlib stream closed without an error reaching the connection");
 });
 
 t.test("compressedVariant: a fresh stream per message, uncompressed below the threshold", async (t) => {

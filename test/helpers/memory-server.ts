@@ -6,8 +6,8 @@
  * "no-context-takeover" }`.
  *
  * IPC protocol (parent -> child):
- * - `{ type: "wait", connections: n }`: answers `{ type: "ready" }` once n
- *   connections are open;
+ * - `{ type: "wait", connections: n }`: answers `{ type: "ready" }` once
+ *   exactly n connections are open;
  * - `{ type: "measure" }`: answers `{ type: "sample", sample, connections }`
  *   after a full garbage collection;
  * - `{ type: "exit" }`: exits.
@@ -41,8 +41,13 @@ function opened(): void {
   answerWait();
 }
 
+function closed(): void {
+  open--;
+  answerWait();
+}
+
 function answerWait(): void {
-  if (waitingFor === undefined || open < waitingFor) return;
+  if (waitingFor === undefined || open !== waitingFor) return;
   waitingFor = undefined;
   send({ type: "ready" });
 }
@@ -61,7 +66,7 @@ async function start(): Promise<number> {
     wss.on("connection", (ws) => {
       opened();
       ws.on("message", (data, isBinary) => ws.send(data as Buffer, { binary: isBinary }));
-      ws.on("close", () => open--);
+      ws.on("close", closed);
     });
   } else {
     const { accept } = await import("../../src/accept.js");
@@ -74,7 +79,8 @@ async function start(): Promise<number> {
           } catch {
             // the measurement only counts connections
           }
-          open--;
+          await conn.closed;
+          closed();
         })();
       }, () => undefined);
     });
