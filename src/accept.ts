@@ -13,7 +13,7 @@ import { Conn, type ConnOptions } from "./conn.js";
 import { codedError, ErrorCode, HandshakeError } from "./errors.js";
 import { acceptKey, checkHeaders, hasToken, headerList, isValidKey, singleHeader } from "./handshake.js";
 import { authorizeOrigin } from "./origin.js";
-import { selectOffer, settingsFor, type CompressionOptions } from "./compress.js";
+import { checkCompressionOptions, selectOffer, settingsFor, type CompressionOptions } from "./compress.js";
 
 /** The default bound on the whole handshake, in ms. */
 export const DEFAULT_HANDSHAKE_TIMEOUT = 10_000;
@@ -52,7 +52,8 @@ export interface AcceptOptions extends ConnOptions, CompressionOptions {
  * another protocol version. Rejects with a coded error
  * (`WS_ERR_HANDSHAKE_TIMEOUT`) after `handshakeTimeout`, and with
  * `WS_ERR_INVALID_HEADER` (answering 500) for bad extra headers. When
- * `checkOrigin` throws, it answers 500 and rejects with that error.
+ * `checkOrigin` throws, it answers 500 and rejects with that error; invalid
+ * compression options answer 500 and reject with a TypeError or RangeError.
  *
  * The default origin policy accepts requests without an Origin header
  * (non-browser clients) and browser requests from the same host, and refuses
@@ -79,6 +80,7 @@ export async function accept(req: IncomingMessage, socket: Duplex, head: Buffer,
 async function handshake(req: IncomingMessage, socket: Socket, head: Buffer, options: AcceptOptions): Promise<Conn> {
   try {
     checkHeaders(options.headers);
+    checkCompressionOptions(options);
   } catch (err) {
     refuse(socket, 500, "server misconfigured");
     throw err;

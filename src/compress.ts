@@ -29,6 +29,28 @@ export interface CompressionOptions {
   compressionLevel?: number;
 }
 
+const MODES: ReadonlySet<string> = new Set(["disabled", "context-takeover", "no-context-takeover"]);
+
+/**
+ * checkCompressionOptions validates the compression options before a
+ * handshake starts, so that a misconfiguration is reported by accept and
+ * dial instead of surfacing once the connection is open. Throws a TypeError
+ * for an unknown mode and a RangeError for a level other than an integer
+ * 0–9 or a threshold that is negative or not a number.
+ */
+export function checkCompressionOptions(options: CompressionOptions): void {
+  const { compression, compressionLevel, compressionThreshold } = options;
+  if (compression !== undefined && !MODES.has(compression)) {
+    throw new TypeError(`compression must be "disabled", "context-takeover" or "no-context-takeover", not ${JSON.stringify(compression)}`);
+  }
+  if (compressionLevel !== undefined && !(Number.isInteger(compressionLevel) && compressionLevel >= 0 && compressionLevel <= 9)) {
+    throw new RangeError(`compressionLevel must be an integer from 0 to 9, not ${String(compressionLevel)}`);
+  }
+  if (compressionThreshold !== undefined && !(typeof compressionThreshold === "number" && compressionThreshold >= 0)) {
+    throw new RangeError(`compressionThreshold must be a non-negative number, not ${String(compressionThreshold)}`);
+  }
+}
+
 /** defaultThreshold returns the compression threshold used when none is given. */
 export function defaultThreshold(settings: DeflateSettings): number {
   return settings.sendNoContextTakeover ? 512 : 128;

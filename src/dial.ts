@@ -12,7 +12,7 @@ import * as net from "node:net";
 import type { Socket } from "node:net";
 import type { ConnectionOptions } from "node:tls";
 import { Conn, type ConnOptions } from "./conn.js";
-import { acceptResponse, clientOffer, settingsFor, type CompressionOptions } from "./compress.js";
+import { acceptResponse, checkCompressionOptions, clientOffer, settingsFor, type CompressionOptions } from "./compress.js";
 import { codedError, ErrorCode, HandshakeError } from "./errors.js";
 import { acceptKey, checkHeaders, hasToken, headerList, isToken, singleHeader } from "./handshake.js";
 import { DEFAULT_HANDSHAKE_TIMEOUT } from "./accept.js";
@@ -69,11 +69,13 @@ type Target = DialTarget;
  * signal's reason on abort, with a `WS_ERR_HANDSHAKE_TIMEOUT` error after
  * `handshakeTimeout`, and with "failed to dial" errors (the socket error as
  * `cause`) when the connection itself fails. Throws (rejects) a coded error
- * for a bad URL or bad headers.
+ * for a bad URL or bad headers, and a TypeError or RangeError for invalid
+ * compression options, before connecting.
  */
 export async function dial(url: string | URL, options: DialOptions = {}): Promise<Conn> {
   const first = parseTarget(url);
   checkHeaders(options.headers);
+  checkCompressionOptions(options);
   for (const p of options.subprotocols ?? []) {
     if (!isToken(p)) throw new TypeError(`subprotocol ${JSON.stringify(p)} is not a token`);
   }

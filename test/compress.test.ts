@@ -8,11 +8,13 @@
 import t from "tap";
 import {
   acceptResponse,
+  checkCompressionOptions,
   clientOffer,
   defaultThreshold,
   selectOffer,
   settingsFor,
   type CompressionMode,
+  type CompressionOptions,
   type DeflateParams,
 } from "../src/compress.js";
 
@@ -275,4 +277,22 @@ t.test("every answer selectOffer makes is accepted by acceptResponse with the sa
       }
     }
   }
+});
+
+t.test("checkCompressionOptions refuses bad settings before any handshake", async (t) => {
+  const good = [{}, { compression: "disabled" }, { compression: "no-context-takeover", compressionLevel: 0, compressionThreshold: 0 }, { compressionLevel: 9, compressionThreshold: Infinity }];
+  for (const o of good) t.doesNotThrow(() => checkCompressionOptions(o as CompressionOptions), JSON.stringify(o));
+  const bad: Array<[unknown, ErrorConstructor | RangeErrorConstructor | TypeErrorConstructor]> = [
+    [{ compression: "contexttakeover" }, TypeError],
+    [{ compression: "" }, TypeError],
+    [{ compression: true }, TypeError],
+    [{ compressionLevel: -1 }, RangeError],
+    [{ compressionLevel: 10 }, RangeError],
+    [{ compressionLevel: 1.5 }, RangeError],
+    [{ compressionLevel: "6" }, RangeError],
+    [{ compressionThreshold: -1 }, RangeError],
+    [{ compressionThreshold: NaN }, RangeError],
+    [{ compressionThreshold: "128" }, RangeError],
+  ];
+  for (const [o, type] of bad) t.throws(() => checkCompressionOptions(o as CompressionOptions), type, JSON.stringify(o) ?? String(o));
 });

@@ -549,3 +549,18 @@ t.test("a compressed write with window bits 8 requested falls back to plain fram
   conn.closeNow();
   up.socket.destroy();
 });
+
+t.test("bad compression options: accept answers 500, dial rejects before connecting", async (t) => {
+  const srv = await startWsconnServer({ compression: "context-takeover", compressionLevel: 12 });
+  t.teardown(() => srv.close());
+  const up = await rawUpgrade(srv.port, "permessage-deflate");
+  t.match(up.status, /^HTTP\/1\.1 500/, "a misconfigured server answers 500, not 101");
+  up.socket.destroy();
+  const answering = await startAnsweringServer(() => "permessage-deflate");
+  t.teardown(() => answering.close());
+  for (const options of [{ compressionLevel: -1 }, { compression: "gzip" as CompressionMode }, { compressionThreshold: -5 }]) {
+    const err = await rejection(dial(answering.url, { compression: "context-takeover", ...options }));
+    t.ok(err instanceof RangeError || err instanceof TypeError, `${JSON.stringify(options)}: ${(err as Error).message}`);
+  }
+  t.equal(answering.requests.length, 0, "dial never connected");
+});
