@@ -21,6 +21,7 @@ const binary = (data: Buffer): Expect => ({ message: { type: "binary", data } })
 const pong = (data: Buffer | string = ""): Expect => ({ pong: Buffer.from(data) });
 const fill = (n: number, byte: number): Buffer => Buffer.alloc(n, byte);
 const stars = (n: number): Buffer => fill(n, 0x2a);
+const KAPPA = Buffer.from("κ", "utf8");
 const KiB = 1024;
 const MiB = 1024 * 1024;
 
@@ -205,6 +206,25 @@ function fragmentation(): Case[] {
       steps: [{ send: [frame.text("a", { fin: false }), frame.binary(Buffer.from("b"))] }],
       end: { fail: 1002 },
     },
+    {
+      id: "5.24",
+      family: F,
+      title: "a code point split across fragments with a ping of non-UTF-8 bytes between",
+      steps: [
+        { send: [frame.text(KAPPA.subarray(0, 1), { fin: false }), frame.ping(Buffer.from([0xff, 0xfe, 0x80])), frame.cont(KAPPA.subarray(1))], chop: "frames" },
+        { expect: pong(Buffer.from([0xff, 0xfe, 0x80])) },
+        { expect: text(KAPPA) },
+      ],
+    },
+    {
+      id: "5.25",
+      family: F,
+      title: "same with an unsolicited pong of non-UTF-8 bytes, 1 byte at a time",
+      steps: [
+        { send: [frame.text(KAPPA.subarray(0, 1), { fin: false }), frame.pong(Buffer.from([0xc0, 0xaf])), frame.cont(KAPPA.subarray(1))], chop: 1 },
+        { expect: text(KAPPA) },
+      ],
+    },
   );
   return cases;
 }
@@ -246,6 +266,13 @@ function closing(): Case[] {
       family: F,
       title: "256 KiB text, close, ping back to back (echo optional, no pong)",
       steps: [{ send: [frame.text(stars(256 * KiB)), frame.close(1000), frame.ping("ping")] }, { expect: text(stars(256 * KiB)), optional: true }],
+      end: { peerClose: { code: 1000, alreadySent: true } },
+    },
+    {
+      id: "7.1.7",
+      family: F,
+      title: "close inside a fragmented text cut mid-code-point: close echoed, no 1007",
+      steps: [{ send: [frame.text(KAPPA.subarray(0, 1), { fin: false }), frame.close(1000)] }],
       end: { peerClose: { code: 1000, alreadySent: true } },
     },
     { id: "7.3.1", family: F, title: "close without payload", steps: [], end: { peerClose: {} } },

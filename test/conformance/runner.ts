@@ -92,6 +92,7 @@ class CaseRun {
   readonly problems: string[] = [];
   private pending: Item | undefined;
   private message: { type: "text" | "binary"; parts: Buffer[] } | undefined;
+  private lastMaskKey: number | undefined;
 
   constructor(
     private readonly pair: Pair,
@@ -138,6 +139,13 @@ class CaseRun {
   private assemble(f: ReceivedFrame): Item | undefined {
     const wantMask = this.role === "client";
     if (f.masked !== wantMask) return { kind: "bad", why: `wsconn ${this.role} sent a frame with mask=${f.masked}` };
+    if (f.maskKey) {
+      // Keys must be fresh for every frame (https://www.rfc-editor.org/rfc/rfc6455#section-10.3).
+      // A repeat of the previous key has odds of 2^-32 with random keys.
+      const key = f.maskKey.readUInt32BE(0);
+      if (key === this.lastMaskKey) return { kind: "bad", why: `wsconn reused mask key ${key.toString(16)}` };
+      this.lastMaskKey = key;
+    }
     if (f.rsv !== 0) return { kind: "bad", why: `wsconn sent reserved bits ${f.rsv}` };
     if (f.opcode >= 8) return this.controlItem(f);
     if (f.opcode === Op.Continuation) {

@@ -124,6 +124,8 @@ export interface ReceivedFrame {
   rsv: number;
   opcode: number;
   masked: boolean;
+  /** The masking key, when masked. */
+  maskKey: Buffer | undefined;
   /** The payload, already unmasked. */
   payload: Buffer;
 }
@@ -167,11 +169,11 @@ export class FrameReader {
     if (this.buffered < headerSize + length) return undefined;
     const bytes = this.take(headerSize + length);
     const payload = Buffer.from(bytes.subarray(headerSize));
-    if (masked) {
-      const key = bytes.subarray(2 + extra, 2 + extra + 4);
-      for (let i = 0; i < payload.length; i++) payload[i]! ^= key[i & 3]!;
+    const maskKey = masked ? Buffer.from(bytes.subarray(2 + extra, 2 + extra + 4)) : undefined;
+    if (maskKey) {
+      for (let i = 0; i < payload.length; i++) payload[i]! ^= maskKey[i & 3]!;
     }
-    return { fin: (head[0]! & 0x80) !== 0, rsv: (head[0]! >> 4) & 7, opcode: head[0]! & 0x0f, masked, payload };
+    return { fin: (head[0]! & 0x80) !== 0, rsv: (head[0]! >> 4) & 7, opcode: head[0]! & 0x0f, masked, maskKey, payload };
   }
 
   private peek(n: number): Buffer {
