@@ -481,6 +481,9 @@ export class Conn implements AsyncIterable<Message> {
     socket.on("close", () => this.onSocketClose());
     if (head.length > 0) this.parser.push(head);
     if (socket.destroyed) queueMicrotask(() => this.onSocketClose());
+    // The peer may have half-closed while accept was still busy (checkOrigin),
+    // before these listeners: its 'end' is gone, so act on it now.
+    else if (socket.readableEnded) queueMicrotask(() => this.onSocketEnd());
   }
 
   private onControlFrame(opcode: number, payload: Buffer): void {

@@ -11,7 +11,7 @@
 import type { AddressInfo } from "node:net";
 import t, { type Test } from "tap";
 import { dial, MessageType, serve, type Conn } from "../src/index.js";
-import { rawExchange, upgradeRequest, type RawExchange } from "./helpers/raw-peer.js";
+import { encodeFrame, Op, rawExchange, upgradeRequest, type RawExchange } from "./helpers/raw-peer.js";
 
 /** The head timeout used here, in ms: small, so the slowloris case runs quickly. */
 const HEADERS_TIMEOUT = 500;
@@ -203,4 +203,20 @@ t.test("many hostile clients at once do not stop a normal one", async (t) => {
   await stillServes(t, port);
   const results = await Promise.all(hostile);
   t.ok(results.every((r) => r.status !== -1), "every hostile socket was closed by the server");
+});
+
+t.test("a client that half-closes right after its request is not left half-open", async (t) => {
+  // The FIN arrives while accept is still busy (here, an asynchronous origin check), before the Conn listens.
+  const checkOrigin = (): Promise<boolean> => new Promise((resolve) => setImmediate(() => resolve(true)));
+  const { port } = await startServe(t, { checkOrigin });
+  const frames = Buffer.concat([encodeFrame({ opcode: Op.Text, payload: "hi" }, true), encodeFrame({ opcode: Op.Close, payload: Buffer.from([0x03, 0xe8]) }, true)]);
+  for (const [name, request] of [
+    ["request alone", Buffer.from(upgradeRequest(port))],
+    ["request, a message and a close frame", Buffer.concat([Buffer.from(upgradeRequest(port)), frames])],
+  ] as const) {
+    const res = await guarded(rawExchange(port, request, { end: true }), 3000);
+    t.equal(res.status, 101, `${name}: upgraded`);
+    t.ok(res.elapsedMs < 2000, `${name}: the server closed its side too, in ${res.elapsedMs} ms`);
+  }
+  await stillServes(t, port);
 });

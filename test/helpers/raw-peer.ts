@@ -496,12 +496,13 @@ export interface RawExchange {
  * when given), and resolves once the server closes the connection, with
  * whatever it answered. Sending stops as soon as the server closes. With
  * `untilHead` it resolves as soon as a whole response head arrived (a 101
- * keeps the socket open) and then drops the socket.
+ * keeps the socket open) and then drops the socket. With `end` (and no
+ * `chop`) it half-closes its side right after the request.
  */
 export function rawExchange(
   port: number,
   request: Buffer | string,
-  o: { chop?: number; intervalMs?: number; untilHead?: boolean } = {},
+  o: { chop?: number; intervalMs?: number; untilHead?: boolean; end?: boolean } = {},
 ): Promise<RawExchange> {
   const bytes = Buffer.isBuffer(request) ? request : Buffer.from(request, "latin1");
   return new Promise((resolve) => {
@@ -524,7 +525,11 @@ export function rawExchange(
       }
     });
     socket.on("close", finish);
-    if (o.chop === undefined) return void socket.write(bytes);
+    if (o.chop === undefined) {
+      socket.write(bytes);
+      if (o.end) socket.end();
+      return;
+    }
     let offset = 0;
     const step = (): void => {
       if (socket.destroyed || offset >= bytes.length) return void clearInterval(timer);
