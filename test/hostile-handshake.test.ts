@@ -8,10 +8,11 @@
  * serving: a normal client connects and echoes afterwards.
  */
 
+import * as net from "node:net";
 import type { AddressInfo } from "node:net";
 import t, { type Test } from "tap";
-import { dial, MessageType, serve, type Conn } from "../src/index.js";
-import { encodeFrame, Op, rawExchange, upgradeRequest, type RawExchange } from "./helpers/raw-peer.js";
+import { dial, HandshakeError, MessageType, serve, type Conn } from "../src/index.js";
+import { acceptFor, encodeFrame, Op, rawExchange, upgradeRequest, type RawExchange } from "./helpers/raw-peer.js";
 
 /** The head timeout used here, in ms: small, so the slowloris case runs quickly. */
 const HEADERS_TIMEOUT = 500;
@@ -219,4 +220,104 @@ t.test("a client that half-closes right after its request is not left half-open"
     t.ok(res.elapsedMs < 2000, `${name}: the server closed its side too, in ${res.elapsedMs} ms`);
   }
   await stillServes(t, port);
+});
+
+/** HostileServer answers every connection with `answer`, and records when each socket closes. */
+interface HostileServerCase {
+  name: string;
+  answer(socket: net.Socket, request: string): void;
+  /** The error dial must reject with: a HandshakeError status, or an error code. */
+  expect: { status: number } | { code: string } | { message: RegExp };
+}
+
+const accepting = (extra: string) => (socket: net.Socket, request: string): void => {
+  const key = /sec-websocket-key: *(\S+)/i.exec(request)?.[1] ?? "";
+  socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${acceptFor(key)}\r\n${extra}\r\n`);
+};
+
+const DIAL_TIMEOUT = 500;
+
+const HOSTILE_SERVERS: HostileServerCase[] = [
+  { name: "never answers", answer: () => undefined, expect: { code: "WS_ERR_HANDSHAKE_TIMEOUT" } },
+  {
+    name: "answers one byte every 50 ms",
+    answer: (socket) => {
+      const text = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n";
+      let i = 0;
+      const timer = setInterval(() => (socket.destroyed || i >= text.length ? clearInterval(timer) : socket.write(text[i++]!)), 50);
+      socket.on("close", () => clearInterval(timer));
+    },
+    expect: { code: "WS_ERR_HANDSHAKE_TIMEOUT" },
+  },
+  {
+    name: "a 200 whose body trickles forever",
+    answer: (socket) => {
+      socket.write("HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n");
+      const timer = setInterval(() => (socket.destroyed ? clearInterval(timer) : socket.write("x")), 50);
+      socket.on("close", () => clearInterval(timer));
+    },
+    expect: { code: "WS_ERR_HANDSHAKE_TIMEOUT" },
+  },
+  {
+    name: "a 403 with an endless body",
+    answer: (socket) => {
+      socket.write("HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n");
+      const chunk = `4000\r\n${"x".repeat(0x4000)}\r\n`;
+      const pump = (): void => {
+        while (!socket.destroyed && socket.write(chunk));
+      };
+      socket.on("drain", pump);
+      pump();
+    },
+    expect: { status: 403 },
+  },
+  { name: "a 101 without Sec-WebSocket-Accept", answer: (s) => s.write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"), expect: { status: 101 } },
+  {
+    name: "a 101 with a wrong Sec-WebSocket-Accept",
+    answer: (s) => s.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${acceptFor("x")}\r\n\r\n`),
+    expect: { status: 101 },
+  },
+  { name: "a 101 choosing a subprotocol not offered", answer: accepting("Sec-WebSocket-Protocol: evil\r\n"), expect: { status: 101 } },
+  { name: "a 101 choosing an extension not offered", answer: accepting("Sec-WebSocket-Extensions: x-evil\r\n"), expect: { status: 101 } },
+  { name: "a 101 without Upgrade: websocket", answer: (s) => s.write("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\n"), expect: { message: /./ } },
+  { name: "a 1 MiB response head", answer: (s) => s.write(`HTTP/1.1 101 Switching Protocols\r\nX-Big: ${"a".repeat(1024 * 1024)}\r\n\r\n`), expect: { message: /failed to dial/ } },
+  { name: "garbage instead of HTTP", answer: (s) => s.write(Buffer.from([0x00, 0xff, 0x13, 0x37, 0x0d, 0x0a, 0x0d, 0x0a])), expect: { message: /failed to dial/ } },
+  { name: "closes the connection at once", answer: (s) => s.destroy(), expect: { message: /failed to dial/ } },
+];
+
+t.test("dial against hostile servers rejects with a clear error within handshakeTimeout", async (t) => {
+  for (const c of HOSTILE_SERVERS) {
+    const closed: Array<Promise<void>> = [];
+    const server = net.createServer((socket) => {
+      closed.push(new Promise((resolve) => socket.once("close", () => resolve())));
+      socket.on("error", () => undefined);
+      let request = "";
+      socket.on("data", (d: Buffer) => {
+        const done = request.includes("\r\n\r\n");
+        request += d.toString("latin1");
+        if (!done && request.includes("\r\n\r\n")) c.answer(socket, request);
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const started = Date.now();
+    const err = await dial(`ws://127.0.0.1:${(server.address() as AddressInfo).port}/`, { handshakeTimeout: DIAL_TIMEOUT }).then(
+      (conn) => (conn.closeNow(), new Error("dial resolved")),
+      (e: unknown) => e as Error & { code?: string; status?: number },
+    );
+    const elapsed = Date.now() - started;
+    if ("status" in c.expect) {
+      t.ok(err instanceof HandshakeError && err.status === c.expect.status, `${c.name}: HandshakeError ${c.expect.status} (${err.message})`);
+      if (err instanceof HandshakeError) t.ok(err.body.length <= 64 * 1024, `${c.name}: body kept is bounded (${err.body.length} bytes)`);
+    } else if ("code" in c.expect) {
+      t.equal(err.code, c.expect.code, `${c.name}: ${err.message}`);
+    } else {
+      t.match(err.message, c.expect.message, `${c.name}: ${err.message}`);
+      t.not(err.message, "dial resolved", `${c.name}: dial rejected`);
+    }
+    t.ok(elapsed < DIAL_TIMEOUT + 1000, `${c.name}: settled in ${elapsed} ms`);
+    const allClosed = Promise.all(closed).then(() => true);
+    const guard = new Promise<false>((resolve) => setTimeout(() => resolve(false), 2000).unref());
+    t.ok(await Promise.race([allClosed, guard]), `${c.name}: dial closed its socket`);
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
 });
