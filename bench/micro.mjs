@@ -26,7 +26,7 @@ const { Receiver } = require("ws");
 serveCommands({ run: (p) => runAll(p.quick) });
 
 function runAll(quick) {
-  const timing = quick ? { ms: 15, samples: 3 } : { ms: 50, samples: 5 };
+  const timing = quick ? { ms: 15, samples: 3 } : { ms: 80, samples: 5 };
   return [...maskCases(quick), ...utf8Cases(quick), ...parseCases(quick)].map((c) => {
     const opsPerSec = measure(c.fn, timing) * (c.opsPerCall ?? 1);
     return { group: c.group, input: c.input, size: c.size, variant: c.variant, opsPerSec, bytesPerSec: opsPerSec * (c.wireSize ?? c.size) };
