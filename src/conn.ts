@@ -396,12 +396,14 @@ export class Conn implements AsyncIterable<Message> {
         if (!this.compressedMessage) this.reads.admitsFrame(length);
       },
       onDataPayload: (chunk) => {
-        if (this.compressedMessage) this.inflate(chunk);
-        else this.reads.appendPayload(chunk);
+        // Once the connection is closing nobody reads messages: don't inflate them.
+        if (this.compressedMessage) {
+          if (this.closeError === undefined) this.inflate(chunk);
+        } else this.reads.appendPayload(chunk);
       },
       onDataFrameEnd: (fin) => {
         if (!fin) return;
-        if (this.compressedMessage) this.endInflate();
+        if (this.compressedMessage && this.closeError === undefined) this.endInflate();
         else this.reads.endMessage();
       },
       onControlFrame: (opcode, payload) => this.onControlFrame(opcode, payload),
@@ -440,6 +442,16 @@ export class Conn implements AsyncIterable<Message> {
     if ((this.pauseReasons & PAUSE_INFLATER_FULL) !== 0) return;
     this.pauseFor(PAUSE_INFLATER_FULL);
     this.inflater!.onDrain(() => this.resumeFor(PAUSE_INFLATER_FULL));
+  }
+
+  /**
+   * stopInflating drops decompression that nobody will read: without it, the
+   * rest of a bomb already handed to zlib would still be inflated (and
+   * thrown away) after the 1009, hundreds of milliseconds of CPU per message.
+   */
+  private stopInflating(): void {
+    this.inflater?.stop();
+    this.resumeFor(PAUSE_INFLATER_FULL);
   }
 
   /** endInflate holds later frames until the message's last bytes are decompressed. */
@@ -569,6 +581,8 @@ export class Conn implements AsyncIterable<Message> {
     if (this.closeError) return;
     this.closeError = err;
     this.reads.terminate(err);
+    // After the read side: a message cut short must fail, not complete.
+    this.stopInflating();
     this.writes.terminate(err);
     this.pings.rejectAll(err);
     this.closeReadController.abort(err);

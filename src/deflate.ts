@@ -30,6 +30,7 @@ export const DEFAULT_COMPRESSION_LEVEL = 6;
 export class MessageInflater {
   private stream: zlib.InflateRaw | undefined;
   private paused = false;
+  private stopped = false;
   private ending: (() => void) | undefined;
   private written = false;
 
@@ -39,8 +40,9 @@ export class MessageInflater {
     private readonly onError: (err: Error) => void,
   ) {}
 
-  /** write feeds compressed bytes; false asks the caller to wait for onDrain. */
+  /** write feeds compressed bytes; false asks the caller to wait for onDrain. Ignored after stop. */
   write(chunk: Buffer): boolean {
+    if (this.stopped) return true;
     return this.open().write(chunk);
   }
 
@@ -51,6 +53,7 @@ export class MessageInflater {
 
   /** end completes the message and calls `done` once all its output was handed over. */
   end(done: () => void): void {
+    if (this.stopped) return queueMicrotask(done);
     const stream = this.open();
     this.ending = done;
     this.written = false;
@@ -69,6 +72,18 @@ export class MessageInflater {
   resume(): void {
     this.paused = false;
     this.stream?.resume();
+  }
+
+  /**
+   * stop discards the message being inflated for good (the connection is
+   * closing): the zlib state is freed, later input ignored, and a pending
+   * `end` completes at once so that frames held behind it are parsed.
+   */
+  stop(): void {
+    this.stopped = true;
+    const done = this.ending;
+    this.release();
+    done?.();
   }
 
   /** release frees the zlib state. */

@@ -94,6 +94,46 @@ t.test("a 10 MiB bomb in one frame fails with 1009 against a 1 MiB read limit, m
   }
 });
 
+t.test("after a 1009 the rest of a bomb is not inflated", async (t) => {
+  // 200 MiB of zeros in about 200 KB: everything the socket delivered was
+  // handed to zlib before the limit was hit, and used to be inflated (and
+  // thrown away) to the end, a quarter of a second of CPU per message.
+  const srv = await deflateServer(t);
+  const big = deflateMessage(Buffer.alloc(200 * MiB));
+  const up = await rawUpgrade(srv.port, "permessage-deflate");
+  const { conn } = await srv.next();
+  const cpu = process.cpuUsage();
+  const read = rejection(conn.read());
+  up.socket.write(frame(OP.binary, big, { rsv1: true }));
+  t.match(await read, { code: 1009 }, "1009 at the default 32 KiB limit");
+  t.same(zlibState(conn), { inflater: false, deflater: false }, "the inflater is freed at once");
+  t.equal(await closeCodeOf(up), 1009);
+  up.socket.end();
+  await conn.closed;
+  const used = process.cpuUsage(cpu);
+  t.comment(`CPU from the bomb to the close: ${((used.user + used.system) / 1000).toFixed(0)} ms`);
+});
+
+t.test("close() while a compressed message waits to be inflated completes the close handshake", async (t) => {
+  // Nobody reads: the inflater is paused, the parser holds what follows the
+  // message (here the peer's close frame). Closing must not wait for that
+  // message, which nobody will read, to be inflated.
+  const srv = await deflateServer(t, { readLimit: Infinity });
+  const up = await rawUpgrade(srv.port, "permessage-deflate");
+  const { conn } = await srv.next();
+  up.socket.write(Buffer.concat([frame(OP.binary, deflateMessage(Buffer.alloc(20 * MiB)), { rsv1: true }), frame(OP.close, Buffer.from([0x03, 0xe8]))]));
+  await until(() => readSidePaused(conn));
+  const started = Date.now();
+  const closing = conn.close(1000, "bye");
+  const f = await up.frames.nextNonControl();
+  t.equal(f.opcode, OP.close, "close frame sent");
+  await up.frames.ended;
+  up.socket.end();
+  await closing;
+  t.same(await conn.closed, { code: 1000, reason: "", wasClean: true }, "clean close with the peer's 1000");
+  t.ok(Date.now() - started < 2000, "well before the close timeout");
+});
+
 /** splitFrames cuts a compressed message into masked frames: RSV1 on the first, continuations after. */
 function splitFrames(payload: Buffer, size: number): Buffer[] {
   const frames: Buffer[] = [];
