@@ -564,3 +564,20 @@ t.test("bad compression options: accept answers 500, dial rejects before connect
   }
   t.equal(answering.requests.length, 0, "dial never connected");
 });
+
+t.test("the compressionLevel option sets the level from the first message", async (t) => {
+  const data = textPayload(20_000);
+  const sizes: number[] = [];
+  for (const level of [0, 1, 9]) {
+    const { conn, up } = await wireServer(t, { compression: "no-context-takeover", compressionThreshold: 0, compressionLevel: level });
+    await conn.write(MessageType.Text, data);
+    const f = await up.frames.next();
+    t.equal(f.rsv, 4, `level ${level}: compressed frame`);
+    const inflater = new PeerInflater(15, false);
+    t.ok((await inflater.decompress(f.payload)).equals(data), `level ${level}: decodes`);
+    inflater.close();
+    sizes.push(f.payload.length);
+  }
+  t.ok(sizes[0]! >= data.length, `level 0 stores (${sizes[0]} B)`);
+  t.ok(sizes[2]! <= sizes[1]! && sizes[1]! < data.length / 10, `level 1: ${sizes[1]} B, level 9: ${sizes[2]} B`);
+});
