@@ -215,8 +215,12 @@ export class SendQueue {
   private take(): PreparedMessage {
     const message = this.items[this.head]!;
     this.items[this.head++] = undefined;
-    // Compact now and then instead of shift(), which is O(n) per call.
-    if (this.head >= 1024 && this.head * 2 >= this.items.length) {
+    // Empty: let the array's storage go, or an idle client would keep room
+    // for its longest backlog. Otherwise compact now and then (shift() is O(n)).
+    if (this.head === this.items.length) {
+      this.items.length = 0;
+      this.head = 0;
+    } else if (this.head >= 1024 && this.head * 2 >= this.items.length) {
       this.items = this.items.slice(this.head);
       this.head = 0;
     }

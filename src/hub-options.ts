@@ -32,7 +32,10 @@ export interface HubOptions {
    * message larger than the bound still goes to a client whose queue is
    * empty. Queued messages are shared between clients, so the memory of a
    * broadcast is paid once, but a client that falls behind keeps old
-   * messages alive: this bound is what caps it. Default 1 MiB.
+   * messages alive: this bound is what caps it. Messages broadcast in one
+   * synchronous run all count until the event loop lets the sockets take
+   * them, so a burst larger than the bound overflows every client: yield
+   * between large batches. Default 1 MiB.
    */
   maxQueuedBytes?: number;
   /** slowPolicy applies when a client's queue is full. Default "close". */

@@ -61,9 +61,11 @@ type Counters = Omit<HubStats, "clients" | "topics">;
  * is going away). A close to a client that no longer reads completes after
  * the connection's close timeout (5 s by default).
  *
- * Events are emitted synchronously, from the call that caused them ('open'
- * from `add`, 'slow' from `broadcast`); a listener that throws makes that
- * call throw, after the hub's own bookkeeping is done.
+ * Events are emitted synchronously from what caused them: 'open' from
+ * `add`, 'slow' from the `broadcast` or `publish` that overflowed a queue
+ * (a listener that throws makes that call throw, and a broadcast then stops
+ * at that client), 'close' when `conn.closed` settles (a throw there is an
+ * unhandled rejection).
  */
 export class Hub<Meta = Record<string, unknown>> extends EventEmitter<HubEvents<Meta>> {
   private readonly byConn = new Map<Conn, ClientState<Meta>>();
