@@ -9,7 +9,7 @@ import type { IncomingMessage, OutgoingHttpHeaders } from "node:http";
 import { STATUS_CODES } from "node:http";
 import type { Duplex } from "node:stream";
 import type { Socket } from "node:net";
-import { Conn, type ConnOptions } from "./conn.js";
+import { checkConnOptions, Conn, type ConnOptions } from "./conn.js";
 import { codedError, ErrorCode, HandshakeError } from "./errors.js";
 import { acceptKey, checkHeaders, hasToken, headerList, isValidKey, singleHeader } from "./handshake.js";
 import { authorizeOrigin } from "./origin.js";
@@ -81,6 +81,7 @@ async function handshake(req: IncomingMessage, socket: Socket, head: Buffer, opt
   try {
     checkHeaders(options.headers);
     checkCompressionOptions(options);
+    checkConnOptions(options);
   } catch (err) {
     refuse(socket, 500, "server misconfigured");
     throw err;

@@ -55,6 +55,13 @@ export interface ConnOptions {
   onPong?: (payload: Buffer) => void;
   /** autoPong answers every ping with a pong. Default true. */
   autoPong?: boolean;
+  /**
+   * writeQueueLimit bounds the bytes of messages waiting for their turn to be
+   * written (writes not awaited, to a peer that reads slowly); past it write
+   * rejects with `WS_ERR_WRITE_QUEUE_FULL`. One waiting message is always
+   * accepted, whatever its size. Default 8 MiB.
+   */
+  writeQueueLimit?: number;
 }
 
 /** What accept and dial hand to the Conn constructor. */
@@ -133,6 +140,7 @@ export class Conn implements AsyncIterable<Message> {
     this.parser = new FrameParser(this.frameSink(), { expectMasked: this.isServer, allowRsv1: deflate !== undefined });
     this.reads = new ReadSide(this.readHost(), checkReadLimit(init.readLimit ?? DEFAULT_READ_LIMIT));
     this.writes = new WriteSide(socket, !this.isServer, { fail: (c, e, m) => this.fail(c, e, m) });
+    if (init.writeQueueLimit !== undefined) this.writes.writeQueueLimit = checkLimit("write queue limit", init.writeQueueLimit);
     if (deflate !== undefined) {
       this.inflater = new MessageInflater(
         !deflate.receiveNoContextTakeover,
@@ -360,9 +368,9 @@ export class Conn implements AsyncIterable<Message> {
     return this.socket.localPort;
   }
 
-  /** Bytes written to the socket but not yet sent. */
+  /** Bytes of messages not yet sent: in the socket's buffer, and waiting for their turn. */
   get bufferedAmount(): number {
-    return this.socket.writableLength;
+    return this.socket.writableLength + this.writes.queuedBytes;
   }
 
   /**
@@ -633,9 +641,23 @@ function checkLevel(level: number): number {
   return level;
 }
 
+/**
+ * checkConnOptions throws a RangeError for a limit that is not a
+ * non-negative number, before accept answers 101 or dial connects.
+ */
+export function checkConnOptions(options: ConnOptions): void {
+  if (options.readLimit !== undefined) checkLimit("read limit", options.readLimit);
+  if (options.writeQueueLimit !== undefined) checkLimit("write queue limit", options.writeQueueLimit);
+  if (options.closeTimeout !== undefined) checkLimit("close timeout", options.closeTimeout);
+}
+
 function checkReadLimit(limit: number): number {
+  return checkLimit("read limit", limit);
+}
+
+function checkLimit(what: string, limit: number): number {
   if (typeof limit !== "number" || Number.isNaN(limit) || limit < 0) {
-    throw new RangeError(`read limit must be a non-negative number or Infinity, not ${String(limit)}`);
+    throw new RangeError(`${what} must be a non-negative number or Infinity, not ${String(limit)}`);
   }
   return limit;
 }

@@ -11,7 +11,7 @@ import * as https from "node:https";
 import * as net from "node:net";
 import type { Socket } from "node:net";
 import type { ConnectionOptions } from "node:tls";
-import { Conn, type ConnOptions } from "./conn.js";
+import { checkConnOptions, Conn, type ConnOptions } from "./conn.js";
 import { acceptResponse, checkCompressionOptions, clientOffer, settingsFor, type CompressionOptions } from "./compress.js";
 import { codedError, ErrorCode, HandshakeError } from "./errors.js";
 import { acceptKey, checkHeaders, hasToken, headerList, isToken, singleHeader } from "./handshake.js";
@@ -76,6 +76,7 @@ export async function dial(url: string | URL, options: DialOptions = {}): Promis
   const first = parseTarget(url);
   checkHeaders(options.headers);
   checkCompressionOptions(options);
+  checkConnOptions(options);
   for (const p of options.subprotocols ?? []) {
     if (!isToken(p)) throw new TypeError(`subprotocol ${JSON.stringify(p)} is not a token`);
   }

@@ -37,6 +37,8 @@ export const ErrorCode = {
   MessageTooBig: "WS_ERR_MESSAGE_TOO_BIG",
   /** A data message arrived after closeRead, or of a type a stream adapter refuses (1008 / 1003). */
   UnexpectedData: "WS_ERR_UNEXPECTED_DATA",
+  /** Too many bytes of messages already wait to be written (writeQueueLimit); the connection stays usable. */
+  WriteQueueFull: "WS_ERR_WRITE_QUEUE_FULL",
   /** A read or write was aborted in the middle of a message (1011). */
   AbortedMidMessage: "WS_ERR_ABORTED_MID_MESSAGE",
   /** The handshake did not finish within handshakeTimeout. */

@@ -2,6 +2,7 @@
  * Pings that wait for their pong (https://www.rfc-editor.org/rfc/rfc6455#section-5.5.2).
  */
 
+import { randomBytes } from "node:crypto";
 import { performance } from "node:perf_hooks";
 
 interface PendingPing {
@@ -19,11 +20,14 @@ interface PendingPing {
 export class PingTracker {
   private readonly pending = new Map<string, PendingPing>();
   private counter = 0;
+  /** A random prefix, so payloads tell the peer nothing about this process. */
+  private prefix = 0;
 
   /** ping sends a ping through `send` and resolves with the round trip in ms. */
   ping(send: (payload: Buffer) => void, signal: AbortSignal | undefined): Promise<number> {
+    if (this.counter === 0) this.prefix = randomBytes(4).readUInt32BE(0);
     const payload = Buffer.allocUnsafe(8);
-    payload.writeUInt32BE(process.pid >>> 0, 0);
+    payload.writeUInt32BE(this.prefix, 0);
     payload.writeUInt32BE(++this.counter >>> 0, 4);
     const key = payload.toString("latin1");
     return new Promise<number>((resolve, reject) => {

@@ -9,7 +9,7 @@
 import type { Socket } from "node:net";
 import { Writable } from "node:stream";
 import type { CloseError } from "./close.js";
-import { ErrorCode } from "./errors.js";
+import { codedError, ErrorCode } from "./errors.js";
 import { firstHeaderByte, frameHeaderSize, MessageType, Opcode, writeFrameHeader } from "./frame.js";
 import { AbortableLock } from "./internal/lock.js";
 import { maskInPlace } from "./mask.js";
@@ -29,6 +29,9 @@ export interface WriteHost {
  * larger ones go out as two corked writes, without a copy.
  */
 const COALESCE_LIMIT = 16 * 1024;
+
+/** The default bound on bytes of messages waiting to be written (see submit). */
+export const DEFAULT_WRITE_QUEUE_LIMIT = 8 * 1024 * 1024;
 
 const RESOLVED = Promise.resolve();
 const EMPTY = Buffer.alloc(0);
@@ -67,6 +70,9 @@ export class WriteSide {
   readonly lock = new AbortableLock();
   /** Set when permessage-deflate was negotiated. */
   compression: WriteCompression | undefined;
+  /** The most bytes of messages that may wait for the write lock. */
+  writeQueueLimit = DEFAULT_WRITE_QUEUE_LIMIT;
+  private queued = 0;
   private error: CloseError | undefined;
   private drainWaiters: Array<{ resolve(): void; reject(err: unknown): void }> = [];
   /** The socket is corked by writeBatched until the next tick. */
@@ -120,12 +126,13 @@ export class WriteSide {
     }
     const compression = this.compression;
     if (compression === undefined || !compression.enabled || payload.length < compression.threshold) {
-      return this.submit(() => this.writeFrame(firstHeaderByte(true, false, type), payload), signal);
+      return this.submit(() => this.writeFrame(firstHeaderByte(true, false, type), payload), signal, payload.length);
     }
-    return this.submit(async () => {
+    const send = async (): Promise<boolean> => {
       const compressed = await compression.deflater.compress(payload, true);
       return this.writeFrame(firstHeaderByte(true, true, type), compressed);
-    }, signal);
+    };
+    return this.submit(send, signal, payload.length);
   }
 
   /**
@@ -141,7 +148,7 @@ export class WriteSide {
     // back-references would point at the wrong data, so it starts afresh.
     const compressed = (prepared.firstByte & RSV1) !== 0;
     const send = compressed ? () => (this.compression?.deflater.release(), write()) : write;
-    return this.submit(send, signal);
+    return this.submit(send, signal, prepared.frame.length);
   }
 
   /**
@@ -176,12 +183,37 @@ export class WriteSide {
     return socket.write(frame);
   }
 
-  /** submit runs `send` (which writes one whole message) under the write lock. */
-  private submit(send: Send, signal: AbortSignal | undefined): Promise<void> {
+  /**
+   * submit runs `send` (which writes one whole message of `size` bytes) under
+   * the write lock. Messages that must wait for the lock count against
+   * writeQueueLimit; past it the write rejects with WS_ERR_WRITE_QUEUE_FULL
+   * and the connection stays usable. One waiting message is always allowed.
+   */
+  private submit(send: Send, signal: AbortSignal | undefined, size: number): Promise<void> {
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.error) return Promise.reject(this.error);
     if (this.lock.tryAcquire()) return this.sendLocked(send, signal);
-    return this.lock.acquire(signal).then(() => this.sendLocked(send, signal));
+    if (this.queued > 0 && this.queued + size > this.writeQueueLimit) {
+      return Promise.reject(
+        codedError(ErrorCode.WriteQueueFull, `failed to write: ${this.queued} bytes already wait, the limit is ${this.writeQueueLimit}`),
+      );
+    }
+    this.queued += size;
+    return this.lock.acquire(signal).then(
+      () => {
+        this.queued -= size;
+        return this.sendLocked(send, signal);
+      },
+      (err: unknown) => {
+        this.queued -= size;
+        throw err;
+      },
+    );
+  }
+
+  /** queuedBytes is the size of the messages waiting for their turn. */
+  get queuedBytes(): number {
+    return this.queued;
   }
 
   private sendLocked(send: Send, signal: AbortSignal | undefined): Promise<void> {
