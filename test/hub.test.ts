@@ -301,6 +301,24 @@ t.test("slow policy 'close' (default): 1008 too slow, others unaffected", async 
   t.equal(fx.hub.broadcast(MessageType.Text, "after"), 1);
 });
 
+t.test("a long backlog drains in order", async (t) => {
+  const fx = await fixture(t);
+  const a = await fx.join();
+  const writer = a.client.conn.writer(MessageType.Text);
+  const N = 3000;
+  for (let i = 0; i < N; i++) fx.hub.broadcast(MessageType.Text, String(i));
+  t.equal(a.client.queuedMessages, N, "all waiting behind the writer");
+  const digits = 10 * 1 + 90 * 2 + 900 * 3 + 2000 * 4;
+  t.equal(a.client.queuedBytes, N * 2 + digits, "bytes of whole frames: 2-byte headers and the payloads");
+  writer.end("w");
+  t.equal((await a.conn.read()).text(), "w");
+  let inOrder = true;
+  for (let i = 0; i < N; i++) if ((await a.conn.read()).text() !== String(i)) inOrder = false;
+  t.ok(inOrder, `${N} messages in order`);
+  t.equal(a.client.queuedMessages, 0);
+  t.equal(a.client.queuedBytes, 0);
+});
+
 t.test("a message larger than maxQueuedBytes still reaches an idle client", async (t) => {
   const fx = await fixture(t, { maxQueuedBytes: 10 });
   const a = await fx.join();

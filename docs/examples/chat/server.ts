@@ -110,7 +110,11 @@ async function chat(hub: Hub<Chatter>, conn: Conn, req: http.IncomingMessage): P
   }
 }
 
-/** announce sends one event to everyone in `room`, on every node. */
+/**
+ * announce sends one event to everyone in `room`, on every node. `online`
+ * counts this node's members: a cluster-wide count needs shared state (a
+ * Redis counter, say), which pub/sub alone does not give.
+ */
 function announce(hub: Hub<Chatter>, room: string, event: Record<string, unknown>): void {
   const online = hub.subscriberCount(room);
   hub.publish(room, MessageType.Text, JSON.stringify({ ...event, online, at: Date.now() }));
