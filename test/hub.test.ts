@@ -301,6 +301,26 @@ t.test("slow policy 'close' (default): 1008 too slow, others unaffected", async 
   t.equal(fx.hub.broadcast(MessageType.Text, "after"), 1);
 });
 
+t.test("broadcast to clients with and without permessage-deflate", async (t) => {
+  const hub = new Hub();
+  t.teardown(() => hub.close());
+  const srv = await startServer({ compression: "context-takeover" }, (conn) => {
+    conn.closeRead();
+    hub.add(conn);
+  });
+  t.teardown(() => srv.close());
+  const plain = await dial(srv.url);
+  const deflate = await dial(srv.url, { compression: "context-takeover" });
+  while (hub.size < 2) await once(hub, "open");
+  t.equal(deflate.extensions.startsWith("permessage-deflate"), true, "one client negotiated compression");
+  const text = JSON.stringify({ items: Array.from({ length: 50 }, (_, i) => ({ id: i, name: `item ${i}` })) });
+  const pms = [new PreparedMessage(MessageType.Text, text), new PreparedMessage(MessageType.Text, text + "!")];
+  for (const pm of pms) t.equal(hub.broadcast(pm), 2);
+  hub.broadcast(MessageType.Text, "short");
+  for (const conn of [plain, deflate]) t.same(await texts(conn, 3), [text, text + "!", "short"]);
+  t.ok(pms.every((pm) => pm.framings === 2), "framed once per variant: plain and compressed");
+});
+
 t.test("a long backlog drains in order", async (t) => {
   const fx = await fixture(t);
   const a = await fx.join();
