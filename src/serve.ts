@@ -84,11 +84,19 @@ async function upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer, 
   } catch {
     return; // accept answered the HTTP error already
   }
+  let result: void | Promise<void>;
   try {
-    await handler(conn, req);
+    result = handler(conn, req);
   } catch {
-    await conn.close(StatusCode.InternalError, "handler failed").catch(() => undefined);
+    return failHandler(conn);
   }
+  // Not awaited here: this frame would keep `req` (and `head`) alive for as
+  // long as the connection lives.
+  if (result !== undefined && typeof result.then === "function") Promise.resolve(result).catch(() => failHandler(conn));
+}
+
+function failHandler(conn: Conn): void {
+  conn.close(StatusCode.InternalError, "handler failed").catch(() => undefined);
 }
 
 function pathOf(url: string | undefined): string {

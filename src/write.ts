@@ -89,7 +89,8 @@ export class WriteSide {
   /**
    * writeFrame is the one place a frame leaves: header and payload in one
    * buffer or one corked write, masked with a fresh key on the client side.
-   * It returns false when the socket's buffer is full.
+   * Frames written in the same tick leave together (see writeBatched). It
+   * returns false when the socket's buffer is full.
    */
   writeFrame(firstByte: number, payload: Uint8Array): boolean {
     const length = payload.length;
@@ -99,7 +100,7 @@ export class WriteSide {
       const offset = writeFrameHeader(frame, 0, firstByte, length, this.masked);
       frame.set(payload, offset);
       if (this.masked) maskInPlace(frame.subarray(offset), frame.subarray(offset - 4, offset));
-      return this.socket.write(frame);
+      return this.writeBatched(frame);
     }
     const header = Buffer.allocUnsafe(headerSize);
     writeFrameHeader(header, 0, firstByte, length, false);
@@ -153,9 +154,9 @@ export class WriteSide {
 
   /**
    * writeBatched writes a whole frame, batching small ones: the socket stays
-   * corked until the end of the tick, so a burst of prepared messages (a hub
-   * draining its queue) leaves in one writev instead of one syscall per
-   * message. The batch is flushed before it would reach the socket's
+   * corked until the end of the tick, so a burst of messages (an echo loop
+   * answering the frames of one socket read, a hub draining its queue)
+   * leaves in one writev instead of one syscall per message. The batch is flushed before it would reach the socket's
    * high-water mark, and a frame that large is written uncorked, so batching
    * never makes a write report backpressure the kernel would not.
    */
