@@ -1,14 +1,11 @@
 /**
- * Test helper: the wsconn CLI as a child process. buildCli compiles src/
- * once into a temporary directory laid out like the package (dist/ next to
- * package.json, so `"type": "module"` applies), which tests the compiled
- * JavaScript the `wsconn` bin runs without touching the shared dist/.
+ * Test helper: the wsconn CLI as a child process, run from the package's
+ * own build (dist/cli.js), as the `wsconn` bin runs it.
  */
 
 import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { copyFileSync, existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, readdirSync, statSync } from "node:fs";
 import { createRequire } from "node:module";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -21,19 +18,28 @@ export interface BuiltCli {
 }
 
 /**
- * buildCli compiles the project with the repository's tsconfig into a temp
- * directory. Type errors elsewhere in the tree do not stop the emit (the
- * typecheck step reports them); a missing cli.js throws.
+ * buildCli returns the package's own dist/cli.js, the file the `wsconn` bin
+ * runs, building it first when it is missing or older than a source file
+ * (npm test builds it before the tests). Running the real build output lets
+ * c8 map the child processes' coverage back to src/ through the source maps.
  */
 export async function buildCli(): Promise<BuiltCli> {
-  const dir = mkdtempSync(join(tmpdir(), "wsconn-cli-"));
-  const tsc = createRequire(import.meta.url).resolve("typescript/bin/tsc");
-  const args = [tsc, "-p", join(root, "tsconfig.json"), "--outDir", join(dir, "dist"), "--declaration", "false", "--declarationMap", "false", "--sourceMap", "false"];
-  await new Promise<void>((resolve) => execFile(process.execPath, args, { cwd: root }, () => resolve()));
-  copyFileSync(join(root, "package.json"), join(dir, "package.json"));
-  const cliPath = join(dir, "dist", "cli.js");
+  const cliPath = join(root, "dist", "cli.js");
+  if (!existsSync(cliPath) || newestSource(join(root, "src")) > statSync(cliPath).mtimeMs) {
+    const tsc = createRequire(import.meta.url).resolve("typescript/bin/tsc");
+    await new Promise<void>((resolve) => execFile(process.execPath, [tsc, "-p", join(root, "tsconfig.json")], { cwd: root }, () => resolve()));
+  }
   if (!existsSync(cliPath)) throw new Error(`the build did not produce ${cliPath}`);
-  return { cliPath, remove: () => rmSync(dir, { recursive: true, force: true }) };
+  return { cliPath, remove: () => undefined };
+}
+
+function newestSource(dir: string): number {
+  let newest = 0;
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name);
+    newest = Math.max(newest, entry.isDirectory() ? newestSource(path) : statSync(path).mtimeMs);
+  }
+  return newest;
 }
 
 /** What a finished CLI run printed, and its exit status. */
