@@ -10,10 +10,11 @@ import type { Socket } from "node:net";
 import type { Writable } from "node:stream";
 import { CloseError, decodeClosePayload, encodeClosePayload, isSendableCloseCode, StatusCode } from "./close.js";
 import { defaultThreshold, type DeflateSettings } from "./compress.js";
-import { compressedVariant, DEFAULT_COMPRESSION_LEVEL, MessageDeflater, MessageInflater } from "./deflate.js";
+import { compressedVariant, DEFAULT_COMPRESSION_LEVEL, MessageDeflater } from "./deflate.js";
 import { ErrorCode } from "./errors.js";
 import { Opcode, type MessageType } from "./frame.js";
-import { FrameParser, type FrameSink } from "./frame-parser.js";
+import type { FrameParser } from "./frame-parser.js";
+import { Inbound } from "./inbound.js";
 import { PingTracker } from "./ping.js";
 import { PLAIN_VARIANT, type FrameVariant, type PreparedMessage } from "./prepared.js";
 import { ReadSide, type Message, type StreamedMessage } from "./read.js";
@@ -75,10 +76,6 @@ export interface ConnInit extends ConnOptions {
   compressionLevel?: number;
 }
 
-/** Why the socket is paused; it resumes when no reason is left. */
-const PAUSE_UNREAD = 1;
-const PAUSE_INFLATING = 2;
-const PAUSE_INFLATER_FULL = 4;
 
 const EMPTY = Buffer.alloc(0);
 const QUIET_CLOSE_CODES = new Set([StatusCode.NormalClosure, StatusCode.GoingAway, StatusCode.NoStatusRcvd]);
@@ -116,10 +113,8 @@ export class Conn implements AsyncIterable<Message> {
   private closeTimer: NodeJS.Timeout | undefined;
   private closeTimedOut = false;
   private resolveClosed!: (info: CloseInfo) => void;
-  private readonly closeReadController = new AbortController();
-  private pauseReasons = 0;
-  private readonly inflater: MessageInflater | undefined;
-  private compressedMessage = false;
+  private closeReadController: AbortController | undefined;
+  private readonly inbound: Inbound;
   private compressionLevel: number;
 
   /**
@@ -137,18 +132,13 @@ export class Conn implements AsyncIterable<Message> {
     this.closeTimeout = init.closeTimeout ?? DEFAULT_CLOSE_TIMEOUT;
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
     const deflate = init.deflate;
-    this.parser = new FrameParser(this.frameSink(), { expectMasked: this.isServer, allowRsv1: deflate !== undefined });
-    this.reads = new ReadSide(this.readHost(), checkReadLimit(init.readLimit ?? DEFAULT_READ_LIMIT));
-    this.writes = new WriteSide(socket, !this.isServer, { fail: (c, e, m) => this.fail(c, e, m) });
+    const readLimit = checkReadLimit(init.readLimit ?? DEFAULT_READ_LIMIT);
+    this.inbound = new Inbound(socket, this, { expectMasked: this.isServer, readLimit, deflate });
+    this.parser = this.inbound.parser;
+    this.reads = this.inbound.reads;
+    this.writes = new WriteSide(socket, !this.isServer, this);
     if (init.writeQueueLimit !== undefined) this.writes.writeQueueLimit = checkLimit("write queue limit", init.writeQueueLimit);
-    if (deflate !== undefined) {
-      this.inflater = new MessageInflater(
-        !deflate.receiveNoContextTakeover,
-        (chunk) => this.reads.appendPayload(chunk),
-        (err) => this.fail(1007, ErrorCode.InvalidCompressedData, `invalid compressed data: ${err.message}`),
-      );
-      this.setupWriteCompression(deflate);
-    }
+    if (deflate !== undefined) this.setupWriteCompression(deflate);
     this.attachSocket(head);
   }
 
@@ -198,6 +188,11 @@ export class Conn implements AsyncIterable<Message> {
       once: true,
     });
     if (signal?.aborted) void this.close(StatusCode.PolicyViolation, "closeRead aborted").catch(noop);
+    // Made on first use: most connections never call closeRead.
+    if (this.closeReadController === undefined) {
+      this.closeReadController = new AbortController();
+      if (this.closeError) this.closeReadController.abort(this.closeError);
+    }
     return this.closeReadController.signal;
   }
 
@@ -393,86 +388,6 @@ export class Conn implements AsyncIterable<Message> {
 
   // ---- internals ----
 
-  private frameSink(): FrameSink {
-    return {
-      onDataFrame: (opcode, _fin, rsv1, length) => {
-        if (opcode !== Opcode.Continuation) {
-          if (!this.reads.startMessage(opcode as MessageType)) return;
-          this.compressedMessage = rsv1;
-        }
-        // Compressed frames are checked as they inflate: their size says nothing.
-        if (!this.compressedMessage) this.reads.admitsFrame(length);
-      },
-      onDataPayload: (chunk) => {
-        // Once the connection is closing nobody reads messages: don't inflate them.
-        if (this.compressedMessage) {
-          if (this.closeError === undefined) this.inflate(chunk);
-        } else this.reads.appendPayload(chunk);
-      },
-      onDataFrameEnd: (fin) => {
-        if (!fin) return;
-        if (this.compressedMessage && this.closeError === undefined) this.endInflate();
-        else this.reads.endMessage();
-      },
-      onControlFrame: (opcode, payload) => this.onControlFrame(opcode, payload),
-      onFramingError: (code, errorCode, message) => this.fail(code, errorCode, message),
-    };
-  }
-
-  private readHost() {
-    return {
-      pauseSocket: () => {
-        this.pauseFor(PAUSE_UNREAD);
-        this.inflater?.pause();
-      },
-      resumeSocket: () => {
-        this.inflater?.resume();
-        this.resumeFor(PAUSE_UNREAD);
-      },
-      fail: (code: number, errorCode: ErrorCode, message: string) => this.fail(code, errorCode, message),
-    };
-  }
-
-  private pauseFor(reason: number): void {
-    if (this.pauseReasons === 0) this.socket.pause();
-    this.pauseReasons |= reason;
-  }
-
-  private resumeFor(reason: number): void {
-    if ((this.pauseReasons & reason) === 0) return;
-    this.pauseReasons &= ~reason;
-    if (this.pauseReasons === 0) this.socket.resume();
-  }
-
-  private inflate(chunk: Buffer): void {
-    if (this.inflater!.write(chunk)) return;
-    // The rest of a socket chunk keeps coming while paused: one drain listener is enough.
-    if ((this.pauseReasons & PAUSE_INFLATER_FULL) !== 0) return;
-    this.pauseFor(PAUSE_INFLATER_FULL);
-    this.inflater!.onDrain(() => this.resumeFor(PAUSE_INFLATER_FULL));
-  }
-
-  /**
-   * stopInflating drops decompression that nobody will read: without it, the
-   * rest of a bomb already handed to zlib would still be inflated (and
-   * thrown away) after the 1009, hundreds of milliseconds of CPU per message.
-   */
-  private stopInflating(): void {
-    this.inflater?.stop();
-    this.resumeFor(PAUSE_INFLATER_FULL);
-  }
-
-  /** endInflate holds later frames until the message's last bytes are decompressed. */
-  private endInflate(): void {
-    this.parser.suspend();
-    this.pauseFor(PAUSE_INFLATING);
-    this.inflater!.end(() => {
-      this.reads.endMessage();
-      this.resumeFor(PAUSE_INFLATING);
-      this.parser.resume();
-    });
-  }
-
   private setupWriteCompression(deflate: DeflateSettings): void {
     // zlib cannot keep a raw deflate window of 256 bytes (it makes it 512):
     // a peer that demands window bits 8 gets uncompressed messages, which is legal.
@@ -506,7 +421,8 @@ export class Conn implements AsyncIterable<Message> {
     else if (socket.readableEnded) queueMicrotask(() => this.onSocketEnd());
   }
 
-  private onControlFrame(opcode: number, payload: Buffer): void {
+  /** @internal A control frame arrived (InboundHost). */
+  onControlFrame(opcode: number, payload: Buffer): void {
     if (opcode === Opcode.Ping) return this.onPing(payload);
     if (opcode === Opcode.Pong) return this.onPong(payload);
     this.onPeerClose(payload);
@@ -564,12 +480,18 @@ export class Conn implements AsyncIterable<Message> {
     if (this.isServer && !this.socket.destroyed) this.socket.end();
   }
 
+  /** @internal The connection is closing: no message will be read (InboundHost). */
+  get closing(): boolean {
+    return this.closeError !== undefined;
+  }
+
   /**
+   * @internal
    * fail fails the connection (https://www.rfc-editor.org/rfc/rfc6455#section-7.1.7):
    * it stops parsing, sends a close frame with `code` unless one was sent, and
-   * closes the TCP connection.
+   * closes the TCP connection. Every protocol violation ends here.
    */
-  private fail(code: number, errorCode: ErrorCode, message: string): void {
+  fail(code: number, errorCode: ErrorCode, message: string): void {
     this.parser.stop();
     const reason = Buffer.byteLength(message) > 123 ? message.slice(0, 120) + "..." : message;
     this.sendClose(new CloseError(code, reason, { errorCode }), encodeClosePayload(code, reason));
@@ -590,10 +512,10 @@ export class Conn implements AsyncIterable<Message> {
     this.closeError = err;
     this.reads.terminate(err);
     // After the read side: a message cut short must fail, not complete.
-    this.stopInflating();
+    this.inbound.stopInflating();
     this.writes.terminate(err);
     this.pings.rejectAll(err);
-    this.closeReadController.abort(err);
+    this.closeReadController?.abort(err);
   }
 
   private armCloseTimer(): void {
@@ -621,8 +543,7 @@ export class Conn implements AsyncIterable<Message> {
   private onSocketClose(): void {
     this.answerClose();
     clearTimeout(this.closeTimer);
-    this.parser.stop();
-    this.inflater?.release();
+    this.inbound.release();
     this.writes.compression?.deflater.release();
     this.terminate(new CloseError(StatusCode.AbnormalClosure, "connection closed without a close frame"));
     const received = this.receivedClose;

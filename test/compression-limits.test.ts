@@ -298,8 +298,12 @@ interface ZlibState {
 
 /** zlibState peeks at whether a Conn holds zlib streams (private fields, for this test only). */
 function zlibState(conn: Conn): ZlibState {
-  const c = conn as unknown as { inflater?: { stream?: unknown }; writes: { compression?: { deflater: { stream?: unknown } } } };
-  return { inflater: c.inflater?.stream !== undefined, deflater: c.writes.compression?.deflater.stream !== undefined };
+  // Internals, on purpose: this test is about what the connection keeps.
+  const c = conn as unknown as {
+    inbound: { inflater?: { stream?: unknown } };
+    writes: { compression?: { deflater: { stream?: unknown } } };
+  };
+  return { inflater: c.inbound.inflater?.stream !== undefined, deflater: c.writes.compression?.deflater.stream !== undefined };
 }
 
 t.test("zlib state: kept only with context takeover, released on close", async (t) => {
