@@ -101,7 +101,11 @@ export class Conn implements AsyncIterable<Message> {
   private readonly reads: ReadSide;
   private readonly writes: WriteSide;
   private readonly closeTimeout: number;
-  private readonly options: ConnInit;
+  private readonly onPingOption: ((payload: Buffer) => void) | undefined;
+  private readonly onPongOption: ((payload: Buffer) => void) | undefined;
+  private readonly autoPong: boolean;
+  /** The LZ77 window this end's compressor may use, when compression was negotiated. */
+  private sendWindowBits = 15;
   private readonly pings = new PingTracker();
   private pendingPong: Buffer | undefined;
   private closeSent = false;
@@ -124,7 +128,9 @@ export class Conn implements AsyncIterable<Message> {
    */
   constructor(socket: Socket, head: Buffer, init: ConnInit) {
     this.socket = socket;
-    this.options = init;
+    this.onPingOption = init.onPing;
+    this.onPongOption = init.onPong;
+    this.autoPong = init.autoPong !== false;
     this.isServer = init.role === "server";
     this.subprotocol = init.subprotocol ?? "";
     this.extensions = init.deflate?.header ?? "";
@@ -138,7 +144,7 @@ export class Conn implements AsyncIterable<Message> {
     this.reads = this.inbound.reads;
     this.writes = new WriteSide(socket, !this.isServer, this);
     if (init.writeQueueLimit !== undefined) this.writes.writeQueueLimit = checkLimit("write queue limit", init.writeQueueLimit);
-    if (deflate !== undefined) this.setupWriteCompression(deflate);
+    if (deflate !== undefined) this.setupWriteCompression(deflate, init.compressionThreshold);
     this.attachSocket(head);
   }
 
@@ -388,13 +394,14 @@ export class Conn implements AsyncIterable<Message> {
 
   // ---- internals ----
 
-  private setupWriteCompression(deflate: DeflateSettings): void {
+  private setupWriteCompression(deflate: DeflateSettings, threshold: number | undefined): void {
     // zlib cannot keep a raw deflate window of 256 bytes (it makes it 512):
     // a peer that demands window bits 8 gets uncompressed messages, which is legal.
     if (deflate.sendWindowBits === 8) return;
+    this.sendWindowBits = deflate.sendWindowBits;
     this.writes.compression = {
       deflater: new MessageDeflater(!deflate.sendNoContextTakeover, deflate.sendWindowBits, this.compressionLevel),
-      threshold: this.options.compressionThreshold ?? defaultThreshold(deflate),
+      threshold: threshold ?? defaultThreshold(deflate),
       enabled: true,
     };
   }
@@ -402,7 +409,7 @@ export class Conn implements AsyncIterable<Message> {
   private preparedVariant(): FrameVariant {
     const compression = this.writes.compression;
     if (compression === undefined || !compression.enabled) return PLAIN_VARIANT;
-    return compressedVariant(this.options.deflate!.sendWindowBits, this.compressionLevel, compression.threshold);
+    return compressedVariant(this.sendWindowBits, this.compressionLevel, compression.threshold);
   }
 
   private attachSocket(head: Buffer): void {
@@ -410,10 +417,11 @@ export class Conn implements AsyncIterable<Message> {
     // A transport from createConnection may be any Duplex, without TCP options.
     if (typeof socket.setNoDelay === "function") socket.setNoDelay(true);
     if (typeof socket.setTimeout === "function") socket.setTimeout(0);
-    socket.on("data", (chunk: Buffer) => this.parser.push(chunk));
-    socket.on("end", () => this.onSocketEnd());
-    socket.on("error", (err) => this.onSocketError(err));
-    socket.on("close", () => this.onSocketClose());
+    (socket as OwnedSocket)[OWNER] = this;
+    socket.on("data", onSocketData);
+    socket.on("end", onSocketEnd);
+    socket.on("error", onSocketError);
+    socket.on("close", onSocketClose);
     if (head.length > 0) this.parser.push(head);
     if (socket.destroyed) queueMicrotask(() => this.onSocketClose());
     // The peer may have half-closed while accept was still busy (checkOrigin),
@@ -429,8 +437,8 @@ export class Conn implements AsyncIterable<Message> {
   }
 
   private onPing(payload: Buffer): void {
-    this.options.onPing?.(payload);
-    if (this.options.autoPong === false || this.closeSent) return;
+    this.onPingOption?.(payload);
+    if (!this.autoPong || this.closeSent) return;
     if (!this.socket.writableNeedDrain) {
       this.writes.writeControl(Opcode.Pong, payload);
       return;
@@ -447,7 +455,7 @@ export class Conn implements AsyncIterable<Message> {
   }
 
   private onPong(payload: Buffer): void {
-    this.options.onPong?.(payload);
+    this.onPongOption?.(payload);
     this.pings.onPong(payload);
   }
 
@@ -527,7 +535,13 @@ export class Conn implements AsyncIterable<Message> {
     this.closeTimer.unref();
   }
 
-  private onSocketEnd(): void {
+  /** @internal Bytes arrived from the socket. */
+  receive(chunk: Buffer): void {
+    this.parser.push(chunk);
+  }
+
+  /** @internal The peer ended its side of the TCP connection. */
+  onSocketEnd(): void {
     this.answerClose();
     if (this.receivedClose === undefined) {
       this.terminate(new CloseError(StatusCode.AbnormalClosure, "connection closed without a close frame"));
@@ -535,12 +549,14 @@ export class Conn implements AsyncIterable<Message> {
     if (!this.socket.writableEnded) this.socket.end();
   }
 
-  private onSocketError(err: Error): void {
+  /** @internal The socket failed. */
+  onSocketError(err: Error): void {
     this.socketError = err;
     this.terminate(new CloseError(StatusCode.AbnormalClosure, `connection failed: ${err.message}`, { cause: err }));
   }
 
-  private onSocketClose(): void {
+  /** @internal The socket is closed: settle everything. */
+  onSocketClose(): void {
     this.answerClose();
     clearTimeout(this.closeTimer);
     this.inbound.release();
@@ -553,6 +569,32 @@ export class Conn implements AsyncIterable<Message> {
       wasClean: this.closeSent && received !== undefined && this.socketError === undefined && !this.closeTimedOut,
     });
   }
+}
+
+/**
+ * Socket listeners are shared functions that find their connection through a
+ * symbol on the socket: four closures less per connection.
+ */
+const OWNER = Symbol("wsconn.conn");
+
+interface OwnedSocket extends Socket {
+  [OWNER]: Conn;
+}
+
+function onSocketData(this: OwnedSocket, chunk: Buffer): void {
+  this[OWNER].receive(chunk);
+}
+
+function onSocketEnd(this: OwnedSocket): void {
+  this[OWNER].onSocketEnd();
+}
+
+function onSocketError(this: OwnedSocket, err: Error): void {
+  this[OWNER].onSocketError(err);
+}
+
+function onSocketClose(this: OwnedSocket): void {
+  this[OWNER].onSocketClose();
 }
 
 function checkLevel(level: number): number {

@@ -42,7 +42,8 @@ export class FrameParser {
   private state = State.Header;
   private readonly scratch = Buffer.allocUnsafe(MAX_HEADER_SIZE);
   private scratchLength = 0;
-  private readonly maskKey = Buffer.alloc(4);
+  // From Node's shared pool: no ArrayBuffer of its own per connection.
+  private readonly maskKey = Buffer.allocUnsafe(4);
   private masked = false;
   private fin = false;
   private opcode = 0;

@@ -18,7 +18,8 @@ interface PendingPing {
  * own.
  */
 export class PingTracker {
-  private readonly pending = new Map<string, PendingPing>();
+  /** Made on the first ping: most connections never send one. */
+  private pending: Map<string, PendingPing> | undefined;
   private counter = 0;
   /** A random prefix, so payloads tell the peer nothing about this process. */
   private prefix = 0;
@@ -30,12 +31,13 @@ export class PingTracker {
     payload.writeUInt32BE(this.prefix, 0);
     payload.writeUInt32BE(++this.counter >>> 0, 4);
     const key = payload.toString("latin1");
+    const map = (this.pending ??= new Map());
     return new Promise<number>((resolve, reject) => {
       const pending: PendingPing = { resolve, reject, sentAt: performance.now() };
-      this.pending.set(key, pending);
+      map.set(key, pending);
       if (signal) {
         const onAbort = (): void => {
-          this.pending.delete(key);
+          map.delete(key);
           reject(signal.reason);
         };
         signal.addEventListener("abort", onAbort, { once: true });
@@ -49,10 +51,11 @@ export class PingTracker {
   /** onPong settles the ping `payload` answers, and every earlier one; unsolicited pongs are ignored. */
   onPong(payload: Buffer): void {
     const key = payload.toString("latin1");
-    if (!this.pending.has(key)) return;
+    const map = this.pending;
+    if (map === undefined || !map.has(key)) return;
     const now = performance.now();
-    for (const [k, pending] of this.pending) {
-      this.pending.delete(k);
+    for (const [k, pending] of map) {
+      map.delete(k);
       pending.resolve(now - pending.sentAt);
       if (k === key) break;
     }
@@ -60,7 +63,9 @@ export class PingTracker {
 
   /** rejectAll fails every waiting ping with `err`. */
   rejectAll(err: unknown): void {
-    for (const pending of this.pending.values()) pending.reject(err);
-    this.pending.clear();
+    const map = this.pending;
+    if (map === undefined) return;
+    for (const pending of map.values()) pending.reject(err);
+    map.clear();
   }
 }

@@ -215,6 +215,7 @@ export class ReadSide {
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (!this.lock.tryAcquire()) return this.readSlowly(signal, false);
     const head = this.inbox[0];
+    if (head === undefined && signal === undefined && !this.error) return this.readWhenNext();
     if (head === undefined || !head.complete) return this.readSlowly(signal, true);
     this.inbox.shift();
     if (!this.claim(head)) {
@@ -224,6 +225,17 @@ export class ReadSide {
     const message = this.takeWhole(head);
     this.lock.release();
     return Promise.resolve(message);
+  }
+
+  /**
+   * readWhenNext is an idle read's wait, holding the read lock: one promise
+   * and one callback until the next message begins or the connection
+   * closes, then the general path. Most connections spend their life here.
+   */
+  private readWhenNext(): Promise<Message> {
+    return new Promise<Message>((resolve, reject) => {
+      this.wake = () => void this.readSlowly(undefined, true).then(resolve, reject);
+    });
   }
 
   private async readSlowly(signal: AbortSignal | undefined, locked: boolean): Promise<Message> {

@@ -82,9 +82,7 @@ export class WriteSide {
     private readonly socket: Socket,
     private readonly masked: boolean,
     readonly host: WriteHost,
-  ) {
-    socket.on("drain", () => this.onDrain());
-  }
+  ) {}
 
   /**
    * writeFrame is the one place a frame leaves: header and payload in one
@@ -273,6 +271,8 @@ export class WriteSide {
     if (this.error) return Promise.reject(this.error);
     return new Promise<void>((resolve, reject) => {
       const waiter = { resolve, reject };
+      // Listen only while someone waits: an idle connection holds no listener.
+      if (this.drainWaiters.length === 0) this.socket.once("drain", () => this.onDrain());
       this.drainWaiters.push(waiter);
       if (signal === undefined) return;
       const onAbort = (): void => {
