@@ -220,27 +220,9 @@ export class Conn implements AsyncIterable<Message> {
    * connection open.
    */
   [Symbol.asyncIterator](): AsyncIterableIterator<Message> {
-    // A plain iterator rather than an async generator: one promise per
-    // message instead of a generator's several.
-    let done = false;
-    const end = (): IteratorResult<Message> => ((done = true), { done: true, value: undefined });
-    const iterator: AsyncIterableIterator<Message> = {
-      next: () => {
-        if (done) return Promise.resolve(end());
-        return this.reads.read().then(
-          (value) => ({ done: false, value }),
-          (err: unknown) => {
-            if (err instanceof CloseError && QUIET_CLOSE_CODES.has(err.code)) return end();
-            done = true;
-            throw err;
-          },
-        );
-      },
-      return: () => Promise.resolve(end()),
-      [Symbol.asyncIterator]: () => iterator,
-    };
-    return iterator;
+    return new MessageIterator(this);
   }
+
 
 
   // ---- writing ----
@@ -569,6 +551,45 @@ export class Conn implements AsyncIterable<Message> {
       wasClean: this.closeSent && received !== undefined && this.socketError === undefined && !this.closeTimedOut,
     });
   }
+}
+
+/**
+ * MessageIterator reads messages for `for await`: a class rather than an
+ * async generator, so a waiting iteration costs one promise, not several
+ * promises and closures.
+ */
+class MessageIterator implements AsyncIterableIterator<Message> {
+  private done = false;
+  private onError: ((err: unknown) => IteratorResult<Message>) | undefined;
+
+  constructor(private readonly conn: Conn) {}
+
+  next(): Promise<IteratorResult<Message>> {
+    if (this.done) return Promise.resolve(DONE);
+    this.onError ??= (err) => this.fail(err);
+    return this.conn.read().then(toResult, this.onError);
+  }
+
+  return(): Promise<IteratorResult<Message>> {
+    this.done = true;
+    return Promise.resolve(DONE);
+  }
+
+  [Symbol.asyncIterator](): AsyncIterableIterator<Message> {
+    return this;
+  }
+
+  private fail(err: unknown): IteratorResult<Message> {
+    this.done = true;
+    if (err instanceof CloseError && QUIET_CLOSE_CODES.has(err.code)) return DONE;
+    throw err;
+  }
+}
+
+const DONE: IteratorResult<Message> = Object.freeze({ done: true, value: undefined });
+
+function toResult(value: Message): IteratorResult<Message> {
+  return { done: false, value };
 }
 
 /**

@@ -109,7 +109,8 @@ export class ReadSide {
   private readonly utf8 = new Utf8Validator();
   private buffered = 0;
   private paused = false;
-  private wake: (() => void) | undefined;
+  private wake: ((this: ReadSide) => void) | undefined;
+  private idleRead: { resolve(message: Message): void; reject(err: unknown): void } | undefined;
   private error: CloseError | undefined;
   private closeReading = false;
 
@@ -234,9 +235,18 @@ export class ReadSide {
    */
   private readWhenNext(): Promise<Message> {
     return new Promise<Message>((resolve, reject) => {
-      this.wake = () => void this.readSlowly(undefined, true).then(resolve, reject);
+      this.idleRead = { resolve, reject };
+      this.wake = continueIdleRead;
     });
   }
+
+  /** resumeIdleRead continues a read that waited in readWhenNext. */
+  resumeIdleRead(): void {
+    const { resolve, reject } = this.idleRead!;
+    this.idleRead = undefined;
+    this.readSlowly(undefined, true).then(resolve, reject);
+  }
+
 
   private async readSlowly(signal: AbortSignal | undefined, locked: boolean): Promise<Message> {
     if (!locked) await this.lock.acquire(signal);
@@ -338,7 +348,7 @@ export class ReadSide {
     const wake = this.wake;
     if (wake === undefined) return;
     this.wake = undefined;
-    wake();
+    wake.call(this);
   }
 
   private takeWhole(message: InboundMessage): Message {
@@ -409,6 +419,11 @@ export class ReadSide {
     this.paused = false;
     this.host.resumeSocket();
   }
+}
+
+/** continueIdleRead is the wake of an idle read: a shared function, no closure per read. */
+function continueIdleRead(this: ReadSide): void {
+  this.resumeIdleRead();
 }
 
 /**

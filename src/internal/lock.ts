@@ -14,7 +14,8 @@ interface Waiter {
 /** AbortableLock serializes reads or writes of one connection. */
 export class AbortableLock {
   private held = false;
-  private queue: Waiter[] = [];
+  /** Waiters in order; the shared empty array until someone waits. */
+  private queue: Waiter[] = NO_WAITERS;
   private head = 0;
   private failure: unknown;
   private failed = false;
@@ -42,6 +43,7 @@ export class AbortableLock {
         signal.addEventListener("abort", onAbort, { once: true });
         waiter.cleanup = () => signal.removeEventListener("abort", onAbort);
       }
+      if (this.queue === NO_WAITERS) this.queue = [];
       this.queue.push(waiter);
     });
   }
@@ -68,7 +70,7 @@ export class AbortableLock {
     this.failed = true;
     this.failure = err;
     for (let i = this.head; i < this.queue.length; i++) this.settle(this.queue[i]!, err);
-    this.queue = [];
+    this.queue = NO_WAITERS;
     this.head = 0;
   }
 
@@ -89,7 +91,7 @@ export class AbortableLock {
     // new array per release (a hub writes millions of messages through here).
     if (this.head === 0 && this.queue.length === 0) return;
     if (this.head === this.queue.length) {
-      this.queue = [];
+      this.queue = NO_WAITERS;
       this.head = 0;
     } else if (this.head > 64 && this.head * 2 > this.queue.length) {
       this.queue = this.queue.slice(this.head);
@@ -97,5 +99,8 @@ export class AbortableLock {
     }
   }
 }
+
+/** Never written to: an idle lock (most of them) holds no array of its own. */
+const NO_WAITERS: Waiter[] = [];
 
 function noop(): void {}
