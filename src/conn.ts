@@ -93,7 +93,14 @@ export class Conn implements AsyncIterable<Message> {
   /** The Sec-WebSocket-Extensions the handshake agreed on, or "". */
   readonly extensions: string;
   /** Settles once, with how the connection ended, however it ended. Never rejects. */
-  readonly closed: Promise<CloseInfo>;
+  get closed(): Promise<CloseInfo> {
+    // Made on first use: a connection nobody asks about holds no promise.
+    if (this.closedPromise === undefined) {
+      const info = this.closeInfo;
+      this.closedPromise = info ? Promise.resolve(info) : new Promise((resolve) => (this.resolveClosed = resolve));
+    }
+    return this.closedPromise;
+  }
 
   private readonly socket: Socket;
   private readonly isServer: boolean;
@@ -116,7 +123,9 @@ export class Conn implements AsyncIterable<Message> {
   private socketError: Error | undefined;
   private closeTimer: NodeJS.Timeout | undefined;
   private closeTimedOut = false;
-  private resolveClosed!: (info: CloseInfo) => void;
+  private closedPromise: Promise<CloseInfo> | undefined;
+  private resolveClosed: ((info: CloseInfo) => void) | undefined;
+  private closeInfo: CloseInfo | undefined;
   private closeReadController: AbortController | undefined;
   private readonly inbound: Inbound;
   private compressionLevel: number;
@@ -136,7 +145,6 @@ export class Conn implements AsyncIterable<Message> {
     this.extensions = init.deflate?.header ?? "";
     this.compressionLevel = checkLevel(init.compressionLevel ?? DEFAULT_COMPRESSION_LEVEL);
     this.closeTimeout = init.closeTimeout ?? DEFAULT_CLOSE_TIMEOUT;
-    this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
     const deflate = init.deflate;
     const readLimit = checkReadLimit(init.readLimit ?? DEFAULT_READ_LIMIT);
     this.inbound = new Inbound(socket, this, { expectMasked: this.isServer, readLimit, deflate });
@@ -544,12 +552,14 @@ export class Conn implements AsyncIterable<Message> {
     this.inbound.release();
     this.writes.compression?.deflater.release();
     this.terminate(new CloseError(StatusCode.AbnormalClosure, "connection closed without a close frame"));
+    if (this.closeInfo !== undefined) return;
     const received = this.receivedClose;
-    this.resolveClosed({
+    this.closeInfo = {
       code: received?.code ?? StatusCode.AbnormalClosure,
       reason: received?.reason ?? "",
       wasClean: this.closeSent && received !== undefined && this.socketError === undefined && !this.closeTimedOut,
-    });
+    };
+    this.resolveClosed?.(this.closeInfo);
   }
 }
 
