@@ -76,7 +76,6 @@ export interface ConnInit extends ConnOptions {
   compressionLevel?: number;
 }
 
-
 const EMPTY = Buffer.alloc(0);
 const QUIET_CLOSE_CODES = new Set([StatusCode.NormalClosure, StatusCode.GoingAway, StatusCode.NoStatusRcvd]);
 
