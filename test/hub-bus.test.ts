@@ -5,50 +5,16 @@
  */
 
 import { once } from "node:events";
-import t, { type Test } from "tap";
-import { dial, Hub, MemoryBus, MessageType, type Conn, type HubBus, type HubClient, type HubOptions } from "../src/index.js";
+import t from "tap";
+import { dial, Hub, MemoryBus, MessageType, type HubBus } from "../src/index.js";
 import { decodeEnvelope, encodeEnvelope } from "../src/hub-bus.js";
+import { hubNode, texts } from "./helpers/hub-node.js";
 import { startServer } from "./helpers/peers.js";
-
-interface Node {
-  hub: Hub;
-  /** Dials a client into this node's hub. */
-  join(topics?: string[]): Promise<{ conn: Conn; client: HubClient }>;
-}
-
-/** node starts a hub on `bus` and a server adding every connection to it. */
-async function node(t: Test, options: HubOptions): Promise<Node> {
-  const hub = new Hub(options);
-  const waiting: Array<{ topics: string[]; resolve(c: HubClient): void }> = [];
-  const srv = await startServer({}, (conn) => {
-    conn.closeRead();
-    const next = waiting.shift()!;
-    next.resolve(hub.add(conn, {}, { topics: next.topics }));
-  });
-  t.teardown(async () => {
-    await hub.close();
-    await srv.close();
-  });
-  return {
-    hub,
-    async join(topics = []) {
-      const added = new Promise<HubClient>((resolve) => waiting.push({ topics, resolve }));
-      const conn = await dial(srv.url);
-      return { conn, client: await added };
-    },
-  };
-}
-
-async function texts(conn: Conn, n: number): Promise<string[]> {
-  const out: string[] = [];
-  while (out.length < n) out.push((await conn.read()).text());
-  return out;
-}
 
 t.test("two hubs on a MemoryBus share broadcasts and topics, without echo", async (t) => {
   const bus = new MemoryBus();
-  const A = await node(t, { bus, nodeId: "node-a" });
-  const B = await node(t, { bus, nodeId: "node-b" });
+  const A = await hubNode(t, { bus, nodeId: "node-a" });
+  const B = await hubNode(t, { bus, nodeId: "node-b" });
   t.equal(bus.channelCount, 1, "both hubs listen on the broadcast channel");
   const a1 = await A.join(["room"]);
   const b1 = await B.join(["room"]);

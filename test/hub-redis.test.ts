@@ -11,8 +11,8 @@ import * as net from "node:net";
 import type { AddressInfo } from "node:net";
 import { createClient } from "redis";
 import t, { type Test } from "tap";
-import { dial, Hub, MessageType, RedisBus, type Conn, type HubClient } from "../src/index.js";
-import { startServer } from "./helpers/peers.js";
+import { MessageType, RedisBus } from "../src/index.js";
+import { hubNode, texts, type HubNode } from "./helpers/hub-node.js";
 
 const probe = spawnSync("redis-server", ["--version"], { encoding: "utf8" });
 const missing = probe.error !== undefined || probe.status !== 0;
@@ -67,41 +67,15 @@ async function redisBus(t: Test, url: string): Promise<RedisBus> {
   return new RedisBus(publisher, subscriber);
 }
 
-interface Node {
-  hub: Hub;
+interface Node extends HubNode {
   errors: Error[];
-  join(topics?: string[]): Promise<{ conn: Conn; client: HubClient }>;
 }
 
+/** node starts a hub on `bus` that records its 'busError' events. */
 async function node(t: Test, bus: RedisBus, nodeId: string): Promise<Node> {
-  const hub = new Hub({ bus, nodeId });
   const errors: Error[] = [];
-  hub.on("busError", (err) => errors.push(err));
-  const waiting: Array<{ topics: string[]; resolve(c: HubClient): void }> = [];
-  const srv = await startServer({}, (conn) => {
-    conn.closeRead();
-    const next = waiting.shift()!;
-    next.resolve(hub.add(conn, {}, { topics: next.topics }));
-  });
-  t.teardown(async () => {
-    await hub.close();
-    await srv.close();
-  });
-  return {
-    hub,
-    errors,
-    async join(topics = []) {
-      const added = new Promise<HubClient>((resolve) => waiting.push({ topics, resolve }));
-      const conn = await dial(srv.url);
-      return { conn, client: await added };
-    },
-  };
-}
-
-async function texts(conn: Conn, n: number): Promise<string[]> {
-  const out: string[] = [];
-  while (out.length < n) out.push((await conn.read()).text());
-  return out;
+  const n = await hubNode(t, { bus, nodeId }, (hub) => hub.on("busError", (err) => errors.push(err)));
+  return { ...n, errors };
 }
 
 t.test(

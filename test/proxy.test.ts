@@ -2,21 +2,13 @@ import * as http from "node:http";
 import * as net from "node:net";
 import type { AddressInfo } from "node:net";
 import t from "tap";
-import { dial, HandshakeError, MessageType, serve, type Conn } from "../src/index.js";
+import { dial, HandshakeError, serve, type Conn } from "../src/index.js";
 import { noProxyMatches, proxyFor, type DialTarget } from "../src/proxy.js";
 import { makeCert } from "./helpers/cert.js";
 import { startProxy } from "./helpers/connect-proxy.js";
-import { echo, startServer } from "./helpers/peers.js";
+import { echo, roundTrip, startServer } from "./helpers/peers.js";
 
 const cert = makeCert();
-
-/** roundTrip sends one text message and returns the echo, then closes. */
-async function roundTrip(conn: Conn, text: string): Promise<string> {
-  await conn.write(MessageType.Text, text);
-  const answer = (await conn.read()).text();
-  await conn.close();
-  return answer;
-}
 
 async function startTlsEcho(): Promise<{ port: number; close(): Promise<void> }> {
   const conns: Conn[] = [];

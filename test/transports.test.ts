@@ -6,18 +6,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { TLSSocket } from "node:tls";
 import t from "tap";
-import { accept, dial, MessageType, serve, type Conn } from "../src/index.js";
+import { accept, dial, serve, type Conn } from "../src/index.js";
 import { makeCert } from "./helpers/cert.js";
-import { echo, startServer } from "./helpers/peers.js";
+import { echo, roundTrip, startServer } from "./helpers/peers.js";
 
 const cert = makeCert();
-
-async function roundTrip(conn: Conn, text: string): Promise<string> {
-  await conn.write(MessageType.Text, text);
-  const answer = (await conn.read()).text();
-  await conn.close();
-  return answer;
-}
 
 /** A server that records each upgrade request's URL and headers, then echoes. */
 async function recordingServer(): Promise<{ url: string; port: number; requests: http.IncomingMessage[]; close(): Promise<void> }> {

@@ -6,16 +6,14 @@
  * wsconn's output is checked by code that does not share its mistakes.
  */
 
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import * as net from "node:net";
-import type { AddressInfo } from "node:net";
 import * as v8 from "node:v8";
 import * as vm from "node:vm";
 import * as zlib from "node:zlib";
 import { AsyncQueue, FrameReader } from "./interop.js";
-
-const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+import { acceptFor, encodeFrame, listenLocal, readHead, switchingProtocols, upgradeRequest, type RawHead } from "./raw-peer.js";
 const TAIL = Buffer.from([0x00, 0x00, 0xff, 0xff]);
 
 // ---- frames ----
@@ -31,21 +29,8 @@ export interface FrameOptions {
 
 /** frame encodes one frame; the payload is copied, never changed. */
 export function frame(opcode: number, payload: Buffer | string = Buffer.alloc(0), options: FrameOptions = {}): Buffer {
-  const data = Buffer.from(payload);
-  const n = data.length;
-  const mask = options.mask ?? true;
-  const ext = n < 126 ? 0 : n < 65536 ? 2 : 8;
-  const header = Buffer.alloc(2 + ext + (mask ? 4 : 0));
-  header[0] = ((options.fin ?? true) ? 0x80 : 0) | (options.rsv1 ? 0x40 : 0) | (options.rsvBits ?? 0) | opcode;
-  header[1] = (mask ? 0x80 : 0) | (n < 126 ? n : n < 65536 ? 126 : 127);
-  if (ext === 2) header.writeUInt16BE(n, 2);
-  if (ext === 8) header.writeBigUInt64BE(BigInt(n), 2);
-  if (mask) {
-    const key = randomBytes(4);
-    key.copy(header, 2 + ext);
-    for (let i = 0; i < n; i++) data[i] ^= key[i & 3]!;
-  }
-  return Buffer.concat([header, data]);
+  const rsv = (options.rsv1 ? 4 : 0) | (((options.rsvBits ?? 0) >> 4) & 7);
+  return encodeFrame({ opcode: opcode & 0x0f, rsv, payload, fin: options.fin ?? true, mask: options.mask ?? true }, true);
 }
 
 // ---- raw client: crafted offers to accept() ----
@@ -73,21 +58,15 @@ export async function rawUpgrade(port: number, extensions: string | string[] | u
   socket.on("error", () => undefined);
   await once(socket, "connect");
   const key = randomBytes(16).toString("base64");
-  const lines = extensions === undefined ? [] : Array.isArray(extensions) ? extensions : [extensions];
-  socket.write(
-    `GET / HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
-      `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n` +
-      lines.map((l) => `Sec-WebSocket-Extensions: ${l}\r\n`).join("") +
-      "\r\n",
-  );
-  const { head, rest } = await readHead(socket);
-  const [status, ...headerLines] = head.split("\r\n");
-  const headers = parseHeaderLines(headerLines);
-  if (status!.startsWith("HTTP/1.1 101") && headers["sec-websocket-accept"] !== acceptKeyOf(key)) {
+  socket.write(upgradeRequest(port, { key, headers: extensionLines(extensions) }));
+  const response = await readHead(socket, 64 * 1024, true);
+  const status = response.startLine;
+  const headers = joinedHeaders(response);
+  if (status.startsWith("HTTP/1.1 101") && headers["sec-websocket-accept"] !== acceptFor(key)) {
     socket.destroy();
     throw new Error("wrong Sec-WebSocket-Accept");
   }
-  return { status: status!, headers, extensions: headers["sec-websocket-extensions"], socket, frames: new FrameReader(socket, rest, false) };
+  return { status, headers, extensions: headers["sec-websocket-extensions"], socket, frames: new FrameReader(socket, response.rest, false) };
 }
 
 /** offerAnswer returns the server's Sec-WebSocket-Extensions answer to `extensions` and hangs up. */
@@ -117,76 +96,35 @@ export interface AnsweringServer {
  * sent as several header lines). `answer` sees the request's own offer.
  */
 export async function startAnsweringServer(answer: (offer: string | undefined) => string | string[] | undefined): Promise<AnsweringServer> {
-  const sockets = new Set<net.Socket>();
   const requests: string[] = [];
   const queue = new AsyncQueue<{ request: string; socket: net.Socket; frames: FrameReader }>();
   const server = net.createServer({ allowHalfOpen: true }, (socket) => {
-    sockets.add(socket);
-    socket.on("close", () => sockets.delete(socket));
     socket.on("error", () => undefined);
-    readHead(socket).then(
-      ({ head, rest }) => {
-        requests.push(head);
-        const headers = parseHeaderLines(head.split("\r\n").slice(1));
-        const value = answer(headers["sec-websocket-extensions"]);
-        const lines = value === undefined ? [] : Array.isArray(value) ? value : [value];
-        socket.write(
-          "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-            `Sec-WebSocket-Accept: ${acceptKeyOf(headers["sec-websocket-key"] ?? "")}\r\n` +
-            lines.map((l) => `Sec-WebSocket-Extensions: ${l}\r\n`).join("") +
-            "\r\n",
-        );
-        queue.push({ request: head, socket, frames: new FrameReader(socket, rest, true) });
+    readHead(socket, 64 * 1024, true).then(
+      (request) => {
+        requests.push(request.text);
+        const headers = joinedHeaders(request);
+        socket.write(switchingProtocols(headers["sec-websocket-key"] ?? "", extensionLines(answer(headers["sec-websocket-extensions"]))));
+        queue.push({ request: request.text, socket, frames: new FrameReader(socket, request.rest, true) });
       },
       () => socket.destroy(),
     );
   });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const port = (server.address() as AddressInfo).port;
-  return {
-    url: `ws://127.0.0.1:${port}`,
-    port,
-    requests,
-    next: () => queue.shift(),
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
+  const listener = await listenLocal(server);
+  return { ...listener, requests, next: () => queue.shift() };
 }
 
-function acceptKeyOf(key: string): string {
-  return createHash("sha1").update(key + GUID).digest("base64");
+/** extensionLines turns an offer or answer into Sec-WebSocket-Extensions header lines (none for undefined). */
+function extensionLines(value: string | string[] | undefined): string[] {
+  const values = value === undefined ? [] : Array.isArray(value) ? value : [value];
+  return values.map((v) => `Sec-WebSocket-Extensions: ${v}`);
 }
 
-function parseHeaderLines(lines: string[]): Record<string, string> {
+/** joinedHeaders flattens a head's headers: names in lower case, repeated ones joined with ", ". */
+function joinedHeaders(head: RawHead): Record<string, string> {
   const headers: Record<string, string> = {};
-  for (const line of lines) {
-    const colon = line.indexOf(":");
-    if (colon < 0) continue;
-    const name = line.slice(0, colon).trim().toLowerCase();
-    const value = line.slice(colon + 1).trim();
-    headers[name] = headers[name] === undefined ? value : `${headers[name]}, ${value}`;
-  }
+  for (const [name, values] of head.headers) headers[name] = values.join(", ");
   return headers;
-}
-
-function readHead(socket: net.Socket): Promise<{ head: string; rest: Buffer }> {
-  return new Promise((resolve, reject) => {
-    let buf = Buffer.alloc(0);
-    const onData = (chunk: Buffer): void => {
-      buf = Buffer.concat([buf, chunk]);
-      const end = buf.indexOf("\r\n\r\n");
-      if (end < 0) return;
-      socket.off("data", onData);
-      socket.off("end", onEnd);
-      socket.pause();
-      resolve({ head: buf.subarray(0, end).toString("latin1"), rest: buf.subarray(end + 4) });
-    };
-    const onEnd = (): void => reject(new Error("connection ended during the handshake"));
-    socket.on("data", onData);
-    socket.on("end", onEnd);
-  });
 }
 
 // ---- an independent permessage-deflate peer ----

@@ -5,15 +5,24 @@
  * that opens something returns a way to close it.
  */
 
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import * as http from "node:http";
 import * as net from "node:net";
 import type { AddressInfo } from "node:net";
 import { WebSocket, WebSocketServer, type ServerOptions } from "ws";
 import { accept, dial, type AcceptOptions, type Conn, type DialOptions } from "../../src/index.js";
-
-const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+import {
+  acceptFor,
+  closePayload,
+  encodeFrame as encodeRawFrame,
+  FrameReader as ByteFrameReader,
+  listenLocal,
+  readHead,
+  switchingProtocols,
+  upgradeRequest,
+  type ReceivedFrame,
+} from "./raw-peer.js";
 
 // ---- wsconn server with access to the raw socket and the request ----
 
@@ -39,12 +48,7 @@ export interface WsconnServer {
  */
 export async function startWsconnServer(options: AcceptOptions = {}, onConn?: (a: Accepted) => void): Promise<WsconnServer> {
   const server = http.createServer((_req, res) => res.writeHead(426).end());
-  const sockets = new Set<net.Socket>();
   const queue = new AsyncQueue<Accepted>();
-  server.on("connection", (s: net.Socket) => {
-    sockets.add(s);
-    s.on("close", () => sockets.delete(s));
-  });
   server.on("upgrade", (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => {
     accept(req, socket, head, options).then(
       (conn) => {
@@ -55,16 +59,8 @@ export async function startWsconnServer(options: AcceptOptions = {}, onConn?: (a
       () => undefined,
     );
   });
-  const port = await listen(server);
-  return {
-    url: `ws://127.0.0.1:${port}`,
-    port,
-    next: () => queue.shift(),
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
+  const listener = await listenLocal(server);
+  return { ...listener, next: () => queue.shift() };
 }
 
 /** pair dials a wsconn server and returns both ends. */
@@ -192,12 +188,9 @@ export async function rawClient(port: number, path = "/"): Promise<RawPeer> {
   const socket = net.connect({ port, host: "127.0.0.1", allowHalfOpen: true });
   await once(socket, "connect");
   const key = randomBytes(16).toString("base64");
-  socket.write(
-    `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
-      `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
-  );
+  socket.write(upgradeRequest(port, { path, key }));
   const { head, rest } = await readHttpHead(socket);
-  if (!head.startsWith("HTTP/1.1 101") || !head.includes(acceptKeyOf(key))) {
+  if (!head.startsWith("HTTP/1.1 101") || !head.includes(acceptFor(key))) {
     socket.destroy();
     throw new Error(`handshake refused: ${head}`);
   }
@@ -214,54 +207,26 @@ export interface RawServer {
 
 /** startRawServer listens on 127.0.0.1:0; peers expect masked (client) frames. */
 export async function startRawServer(): Promise<RawServer> {
-  const sockets = new Set<net.Socket>();
   const queue = new AsyncQueue<RawPeer>();
   const server = net.createServer({ allowHalfOpen: true }, (socket) => {
-    sockets.add(socket);
-    socket.on("close", () => sockets.delete(socket));
     socket.on("error", () => undefined);
     readHttpHead(socket).then(({ head, rest }) => {
       const key = /sec-websocket-key:\s*(\S+)/i.exec(head)?.[1] ?? "";
-      socket.write(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-          `Sec-WebSocket-Accept: ${acceptKeyOf(key)}\r\n\r\n`,
-      );
+      socket.write(switchingProtocols(key));
       queue.push({ socket, frames: new FrameReader(socket, rest, true) });
     }, () => socket.destroy());
   });
-  const port = await listen(server);
-  return {
-    url: `ws://127.0.0.1:${port}`,
-    port,
-    next: () => queue.shift(),
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
+  const listener = await listenLocal(server);
+  return { ...listener, next: () => queue.shift() };
 }
 
-function acceptKeyOf(key: string): string {
-  return createHash("sha1").update(key + GUID).digest("base64");
-}
-
-/** readHttpHead reads up to the blank line; `rest` is what came after it. */
-function readHttpHead(socket: net.Socket): Promise<{ head: string; rest: Buffer }> {
-  return new Promise((resolve, reject) => {
-    let buf = Buffer.alloc(0);
-    const onData = (chunk: Buffer): void => {
-      buf = Buffer.concat([buf, chunk]);
-      const end = buf.indexOf("\r\n\r\n");
-      if (end < 0) return;
-      socket.off("data", onData);
-      socket.off("end", onEnd);
-      socket.pause();
-      resolve({ head: buf.subarray(0, end).toString("latin1"), rest: buf.subarray(end + 4) });
-    };
-    const onEnd = (): void => reject(new Error("connection ended during the handshake"));
-    socket.on("data", onData);
-    socket.on("end", onEnd);
-  });
+/**
+ * readHttpHead reads up to the blank line and pauses the socket (FrameReader
+ * resumes it); `rest` is what came after the head.
+ */
+async function readHttpHead(socket: net.Socket): Promise<{ head: string; rest: Buffer }> {
+  const { text, rest } = await readHead(socket, 64 * 1024, true);
+  return { head: text, rest };
 }
 
 // ---- frames ----
@@ -270,43 +235,20 @@ function readHttpHead(socket: net.Socket): Promise<{ head: string; rest: Buffer 
 export const OP = { cont: 0x0, text: 0x1, binary: 0x2, close: 0x8, ping: 0x9, pong: 0xa } as const;
 
 /** A frame as a raw peer sees it; `payload` is unmasked. */
-export interface RawFrame {
-  fin: boolean;
-  rsv: number;
-  opcode: number;
-  masked: boolean;
-  maskKey: Buffer | undefined;
-  payload: Buffer;
-}
+export type RawFrame = ReceivedFrame;
 
 /**
  * encodeFrame builds one frame. `mask` true draws a random key; a Buffer is
- * used as the key. The payload is copied, never changed.
+ * used as the key. The payload is copied, never changed. Bits of `opcode`
+ * above the low four are sent as the reserved bits.
  */
 export function encodeFrame(opcode: number, payload: Buffer | string = Buffer.alloc(0), options: { fin?: boolean; mask?: boolean | Buffer } = {}): Buffer {
-  const data = Buffer.from(payload);
-  const fin = options.fin ?? true;
-  const key = options.mask === true ? randomBytes(4) : options.mask || undefined;
-  const n = data.length;
-  const ext = n < 126 ? 0 : n < 65536 ? 2 : 8;
-  const header = Buffer.alloc(2 + ext + (key ? 4 : 0));
-  header[0] = (fin ? 0x80 : 0) | opcode;
-  header[1] = (key ? 0x80 : 0) | (n < 126 ? n : n < 65536 ? 126 : 127);
-  if (ext === 2) header.writeUInt16BE(n, 2);
-  if (ext === 8) header.writeBigUInt64BE(BigInt(n), 2);
-  if (key) {
-    key.copy(header, 2 + ext);
-    for (let i = 0; i < n; i++) data[i] ^= key[i & 3]!;
-  }
-  return Buffer.concat([header, data]);
+  return encodeRawFrame({ opcode: opcode & 0x0f, rsv: (opcode >> 4) & 7, payload, fin: options.fin ?? true, mask: options.mask ?? false }, false);
 }
 
 /** closeBody builds a close frame payload. */
 export function closeBody(code: number, reason = ""): Buffer {
-  const b = Buffer.alloc(2 + Buffer.byteLength(reason));
-  b.writeUInt16BE(code, 0);
-  b.write(reason, 2);
-  return b;
+  return closePayload(code, reason);
 }
 
 /** parseCloseBody reads the code (undefined for an empty body) and reason of a close payload. */
@@ -320,7 +262,7 @@ export function parseCloseBody(payload: Buffer): { code: number | undefined; rea
  * other side ended TCP, and when, relative to what this side did.
  */
 export class FrameReader {
-  private buf: Buffer;
+  private readonly reader = new ByteFrameReader();
   private readonly queue = new AsyncQueue<RawFrame>();
   /** Bytes received since the handshake. */
   bytes = 0;
@@ -334,14 +276,14 @@ export class FrameReader {
     rest: Buffer,
     private readonly expectMasked: boolean,
   ) {
-    this.buf = rest;
+    this.reader.push(rest);
     this.bytes = rest.length;
     this.ended = once(socket, "end").then(() => undefined);
     this.closed = once(socket, "close").then(() => undefined);
     socket.on("error", () => undefined);
     socket.on("data", (chunk: Buffer) => {
       this.bytes += chunk.length;
-      this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+      this.reader.push(chunk);
       this.parse();
     });
     this.parse();
@@ -367,36 +309,8 @@ export class FrameReader {
   }
 
   private parse(): void {
-    for (;;) {
-      const f = decodeFrame(this.buf);
-      if (f === undefined) return;
-      this.buf = this.buf.subarray(f.size);
-      this.queue.push(f.frame);
-    }
+    for (let f = this.reader.next(); f !== undefined; f = this.reader.next()) this.queue.push(f);
   }
-}
-
-function decodeFrame(buf: Buffer): { frame: RawFrame; size: number } | undefined {
-  if (buf.length < 2) return undefined;
-  const masked = (buf[1]! & 0x80) !== 0;
-  let n = buf[1]! & 0x7f;
-  let pos = 2;
-  if (n === 126) {
-    if (buf.length < 4) return undefined;
-    n = buf.readUInt16BE(2);
-    pos = 4;
-  } else if (n === 127) {
-    if (buf.length < 10) return undefined;
-    n = Number(buf.readBigUInt64BE(2));
-    pos = 10;
-  }
-  const keyEnd = pos + (masked ? 4 : 0);
-  if (buf.length < keyEnd + n) return undefined;
-  const maskKey = masked ? Buffer.from(buf.subarray(pos, keyEnd)) : undefined;
-  const payload = Buffer.from(buf.subarray(keyEnd, keyEnd + n));
-  if (maskKey) for (let i = 0; i < n; i++) payload[i] ^= maskKey[i & 3]!;
-  const frame = { fin: (buf[0]! & 0x80) !== 0, rsv: (buf[0]! >> 4) & 7, opcode: buf[0]! & 0x0f, masked, maskKey, payload };
-  return { frame, size: keyEnd + n };
 }
 
 // ---- payloads ----
@@ -500,8 +414,4 @@ export async function rejection(p: Promise<unknown>): Promise<unknown> {
     return err;
   }
   throw new Error("expected the promise to reject");
-}
-
-function listen(server: net.Server): Promise<number> {
-  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve((server.address() as AddressInfo).port)));
 }

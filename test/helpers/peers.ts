@@ -6,7 +6,7 @@
 import * as http from "node:http";
 import * as net from "node:net";
 import type { AddressInfo } from "node:net";
-import { accept, type AcceptOptions, type Conn } from "../../src/index.js";
+import { accept, MessageType, type AcceptOptions, type Conn } from "../../src/index.js";
 
 /** A wsconn server on an ephemeral port, handing each Conn to `onConn`. */
 export interface TestServer {
@@ -63,4 +63,12 @@ export async function echo(conn: Conn): Promise<void> {
   } catch {
     // the test looks at conn.closed
   }
+}
+
+/** roundTrip sends one text message, returns the echo, then closes `conn`. */
+export async function roundTrip(conn: Conn, text: string): Promise<string> {
+  await conn.write(MessageType.Text, text);
+  const answer = (await conn.read()).text();
+  await conn.close();
+  return answer;
 }

@@ -7,7 +7,8 @@
  * client against a server under test, `startRawServer` plays the server for a
  * client under test (`dial`).
  *
- * Nothing here uses wsconn's own code, so a bug in wsconn cannot hide itself.
+ * Nothing here uses wsconn's own code (only its opcode numbers), so a bug in
+ * wsconn cannot hide itself.
  *
  * https://www.rfc-editor.org/rfc/rfc6455#section-5.2
  */
@@ -15,16 +16,10 @@
 import { createHash, randomBytes } from "node:crypto";
 import * as net from "node:net";
 import type { AddressInfo } from "node:net";
+import { Opcode } from "../../src/frame.js";
 
-/** Opcodes (https://www.rfc-editor.org/rfc/rfc6455#section-11.8). */
-export const Op = {
-  Continuation: 0x0,
-  Text: 0x1,
-  Binary: 0x2,
-  Close: 0x8,
-  Ping: 0x9,
-  Pong: 0xa,
-} as const;
+/** Op is wsconn's opcode table (https://www.rfc-editor.org/rfc/rfc6455#section-11.8): plain numbers, no logic. */
+export const Op = Opcode;
 
 /** Reserved-bit values for RawFrame.rsv. */
 export const RSV1 = 4;
@@ -328,8 +323,23 @@ export function acceptFor(key: string): string {
   return createHash("sha1").update(key + GUID).digest("base64");
 }
 
+/**
+ * switchingProtocols builds a 101 response head for a request with
+ * Sec-WebSocket-Key `key`, with `extraLines` (e.g. an extensions answer)
+ * added as header lines.
+ */
+export function switchingProtocols(key: string, extraLines: string[] = []): string {
+  return (
+    `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${acceptFor(key)}\r\n` +
+    extraLines.map((l) => `${l}\r\n`).join("") +
+    "\r\n"
+  );
+}
+
 /** RawHead is a parsed HTTP head: its first line, headers (names lower case) and the bytes after it. */
 export interface RawHead {
+  /** The head as latin1 text, without the blank line that ends it. */
+  text: string;
   startLine: string;
   headers: Map<string, string[]>;
   rest: Buffer;
@@ -339,7 +349,8 @@ export interface RawHead {
 export function parseHead(buf: Buffer): RawHead | undefined {
   const end = buf.indexOf("\r\n\r\n");
   if (end < 0) return undefined;
-  const lines = buf.subarray(0, end).toString("latin1").split("\r\n");
+  const text = buf.subarray(0, end).toString("latin1");
+  const lines = text.split("\r\n");
   const headers = new Map<string, string[]>();
   for (const line of lines.slice(1)) {
     const colon = line.indexOf(":");
@@ -347,11 +358,16 @@ export function parseHead(buf: Buffer): RawHead | undefined {
     const name = line.slice(0, colon).trim().toLowerCase();
     headers.set(name, [...(headers.get(name) ?? []), line.slice(colon + 1).trim()]);
   }
-  return { startLine: lines[0]!, headers, rest: buf.subarray(end + 4) };
+  return { text, startLine: lines[0]!, headers, rest: buf.subarray(end + 4) };
 }
 
-/** readHead collects bytes from `socket` until a whole HTTP head arrived; rejects if it closes first. */
-export function readHead(socket: net.Socket, limit = 64 * 1024): Promise<RawHead> {
+/**
+ * readHead collects bytes from `socket` until a whole HTTP head arrived;
+ * rejects if it closes first or the head passes `limit` bytes. With
+ * `pauseAfter` the socket is paused in the same tick the head completes, so
+ * a reader attached later (and resuming it) loses no byte.
+ */
+export function readHead(socket: net.Socket, limit = 64 * 1024, pauseAfter = false): Promise<RawHead> {
   return new Promise((resolve, reject) => {
     let buf = Buffer.alloc(0);
     const onData = (chunk: Buffer): void => {
@@ -359,6 +375,7 @@ export function readHead(socket: net.Socket, limit = 64 * 1024): Promise<RawHead
       const head = parseHead(buf);
       if (head === undefined && buf.length <= limit) return;
       cleanup();
+      if (head && pauseAfter) socket.pause();
       if (head) resolve(head);
       else reject(new Error(`no HTTP head within ${limit} bytes`));
     };
@@ -418,6 +435,34 @@ export async function rawConnect(port: number, o: UpgradeRequestOptions & { earl
   return new RawPeer(socket, true, res.rest);
 }
 
+/** LocalListener is a server listening on 127.0.0.1 that tracks the sockets it accepted. */
+export interface LocalListener {
+  port: number;
+  /** ws://127.0.0.1:port */
+  url: string;
+  /** Drops every tracked socket and stops listening. */
+  close(): Promise<void>;
+}
+
+/** listenLocal makes `server` listen on 127.0.0.1:0 and tracks the sockets it accepts, for `close`. */
+export async function listenLocal(server: net.Server): Promise<LocalListener> {
+  const sockets = new Set<net.Socket>();
+  server.on("connection", (s: net.Socket) => {
+    sockets.add(s);
+    s.on("close", () => sockets.delete(s));
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    port,
+    url: `ws://127.0.0.1:${port}`,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
 /** What a RawServer knows about one accepted connection. */
 export interface RawServerPeer {
   peer: RawPeer;
@@ -449,33 +494,22 @@ export interface RawServer {
  */
 export async function startRawServer(): Promise<RawServer> {
   const waiting: Array<{ options: RawAcceptOptions; resolve(p: RawServerPeer): void; reject(e: unknown): void }> = [];
-  const sockets = new Set<net.Socket>();
   const server = net.createServer({ allowHalfOpen: true }, (socket) => {
-    sockets.add(socket);
-    socket.on("close", () => sockets.delete(socket));
     socket.on("error", () => undefined);
     const waiter = waiting.shift();
     if (!waiter) return void socket.destroy();
     readHead(socket).then((request) => {
       const key = request.headers.get("sec-websocket-key")?.[0] ?? "";
-      const response =
-        waiter.options.response?.(request) ??
-        `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${acceptFor(key)}\r\n\r\n`;
+      const response = waiter.options.response?.(request) ?? switchingProtocols(key);
       const peer = new RawPeer(socket, false, request.rest);
       socket.write(Buffer.concat([Buffer.from(response, "latin1"), waiter.options.early ?? Buffer.alloc(0)]));
       waiter.resolve({ peer, request });
     }, waiter.reject);
   });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const port = (server.address() as AddressInfo).port;
+  const listener = await listenLocal(server);
   return {
-    port,
-    url: `ws://127.0.0.1:${port}`,
+    ...listener,
     nextPeer: (options = {}) => new Promise((resolve, reject) => waiting.push({ options, resolve, reject })),
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
   };
 }
 
