@@ -14,70 +14,33 @@ import { compressedVariant, DEFAULT_COMPRESSION_LEVEL, MessageDeflater } from ".
 import { ErrorCode } from "./errors.js";
 import { Opcode, type MessageType } from "./frame.js";
 import type { FrameParser } from "./frame-parser.js";
+import {
+  checkLevel,
+  checkLimit,
+  checkReadLimit,
+  DEFAULT_CLOSE_TIMEOUT,
+  DEFAULT_READ_LIMIT,
+  type CloseInfo,
+  type ConnInit,
+} from "./conn-options.js";
 import { Inbound } from "./inbound.js";
+import { MessageIterator } from "./message-iterator.js";
 import { PingTracker } from "./ping.js";
 import { PLAIN_VARIANT, type FrameVariant, type PreparedMessage } from "./prepared.js";
-import { ReadSide, type Message, type StreamedMessage } from "./read.js";
+import type { Message, ReadSide, StreamedMessage } from "./read.js";
 import { WriteSide, type MessageData } from "./write.js";
 
-/** The default read limit in bytes, as in nhooyr's websocket. */
-export const DEFAULT_READ_LIMIT = 32768;
-
-/** How long close waits for the peer's close frame and TCP close, in ms. */
-export const DEFAULT_CLOSE_TIMEOUT = 5000;
-
-/** CloseInfo is how a connection ended, as `Conn.closed` reports it. */
-export interface CloseInfo {
-  /**
-   * The code of the close frame received (1005 if it had none), or 1006 when
-   * none came, as in the WebSocket API. Why this side closed or failed the
-   * connection is in the CloseError that reads and writes reject with.
-   */
-  code: number;
-  /** The reason of the close frame received, or "". */
-  reason: string;
-  /** True when close frames went both ways and the socket closed without error. */
-  wasClean: boolean;
-}
-
-/** ConnOptions are the per-connection settings shared by accept and dial. */
-export interface ConnOptions {
-  /**
-   * readLimit is the largest message accepted, in bytes (after decompression);
-   * a larger one fails the connection with 1009. Default 32768; `Infinity`
-   * disables it. Memory per connection grows with it.
-   */
-  readLimit?: number;
-  /** closeTimeout bounds the close handshake in ms. Default 5000. */
-  closeTimeout?: number;
-  /** onPing is called with the payload of every ping received, from the read path. */
-  onPing?: (payload: Buffer) => void;
-  /** onPong is called with the payload of every pong received, from the read path. */
-  onPong?: (payload: Buffer) => void;
-  /** autoPong answers every ping with a pong. Default true. */
-  autoPong?: boolean;
-  /**
-   * writeQueueLimit bounds the bytes of messages waiting for their turn to be
-   * written (writes not awaited, to a peer that reads slowly); past it write
-   * rejects with `WS_ERR_WRITE_QUEUE_FULL`. One waiting message is always
-   * accepted, whatever its size. Default 8 MiB.
-   */
-  writeQueueLimit?: number;
-}
-
-/** What accept and dial hand to the Conn constructor. */
-export interface ConnInit extends ConnOptions {
-  /** "server" expects masked frames and closes TCP first; "client" masks its frames. */
-  role: "client" | "server";
-  subprotocol?: string;
-  /** permessage-deflate as negotiated, if it was. */
-  deflate?: DeflateSettings;
-  compressionThreshold?: number;
-  compressionLevel?: number;
-}
+// The options and their checks live in conn-options.ts; importers of conn.ts find them here too.
+export {
+  checkConnOptions,
+  DEFAULT_CLOSE_TIMEOUT,
+  DEFAULT_READ_LIMIT,
+  type CloseInfo,
+  type ConnInit,
+  type ConnOptions,
+} from "./conn-options.js";
 
 const EMPTY = Buffer.alloc(0);
-const QUIET_CLOSE_CODES = new Set([StatusCode.NormalClosure, StatusCode.GoingAway, StatusCode.NoStatusRcvd]);
 
 /**
  * Conn is a WebSocket connection, made by `accept` (server) or `dial`
@@ -563,45 +526,6 @@ export class Conn implements AsyncIterable<Message> {
 }
 
 /**
- * MessageIterator reads messages for `for await`: a class rather than an
- * async generator, so a waiting iteration costs one promise, not several
- * promises and closures.
- */
-class MessageIterator implements AsyncIterableIterator<Message> {
-  private done = false;
-  private onError: ((err: unknown) => IteratorResult<Message>) | undefined;
-
-  constructor(private readonly conn: Conn) {}
-
-  next(): Promise<IteratorResult<Message>> {
-    if (this.done) return Promise.resolve(DONE);
-    this.onError ??= (err) => this.fail(err);
-    return this.conn.read().then(toResult, this.onError);
-  }
-
-  return(): Promise<IteratorResult<Message>> {
-    this.done = true;
-    return Promise.resolve(DONE);
-  }
-
-  [Symbol.asyncIterator](): AsyncIterableIterator<Message> {
-    return this;
-  }
-
-  private fail(err: unknown): IteratorResult<Message> {
-    this.done = true;
-    if (err instanceof CloseError && QUIET_CLOSE_CODES.has(err.code)) return DONE;
-    throw err;
-  }
-}
-
-const DONE: IteratorResult<Message> = Object.freeze({ done: true, value: undefined });
-
-function toResult(value: Message): IteratorResult<Message> {
-  return { done: false, value };
-}
-
-/**
  * Socket listeners are shared functions that find their connection through a
  * symbol on the socket: four closures less per connection.
  */
@@ -625,34 +549,6 @@ function onSocketError(this: OwnedSocket, err: Error): void {
 
 function onSocketClose(this: OwnedSocket): void {
   this[OWNER].onSocketClose();
-}
-
-function checkLevel(level: number): number {
-  if (!Number.isInteger(level) || level < 0 || level > 9) {
-    throw new RangeError(`compression level must be an integer from 0 to 9, not ${String(level)}`);
-  }
-  return level;
-}
-
-/**
- * checkConnOptions throws a RangeError for a limit that is not a
- * non-negative number, before accept answers 101 or dial connects.
- */
-export function checkConnOptions(options: ConnOptions): void {
-  if (options.readLimit !== undefined) checkLimit("read limit", options.readLimit);
-  if (options.writeQueueLimit !== undefined) checkLimit("write queue limit", options.writeQueueLimit);
-  if (options.closeTimeout !== undefined) checkLimit("close timeout", options.closeTimeout);
-}
-
-function checkReadLimit(limit: number): number {
-  return checkLimit("read limit", limit);
-}
-
-function checkLimit(what: string, limit: number): number {
-  if (typeof limit !== "number" || Number.isNaN(limit) || limit < 0) {
-    throw new RangeError(`${what} must be a non-negative number or Infinity, not ${String(limit)}`);
-  }
-  return limit;
 }
 
 function noop(): void {}
