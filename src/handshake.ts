@@ -52,7 +52,7 @@ export function hasToken(value: string | string[] | undefined, token: string): b
   return headerList(value).some((item) => item.toLowerCase() === wanted);
 }
 
-/** headerValue returns a header that must appear once, or undefined. */
+/** singleHeader returns a header that must appear once, or undefined when it is missing or repeated. */
 export function singleHeader(headers: IncomingHttpHeaders, name: string): string | undefined {
   const value = headers[name];
   return Array.isArray(value) ? (value.length === 1 ? value[0] : undefined) : value;
