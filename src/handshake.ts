@@ -52,7 +52,7 @@ export function hasToken(value: string | string[] | undefined, token: string): b
   return headerList(value).some((item) => item.toLowerCase() === wanted);
 }
 
-/** singleHeader returns a header that must appear once, or undefined when it is missing or repeated. */
+/** singleHeader returns a header that must appear once, or undefined (Node joins a repeated one with commas, which the caller then refuses). */
 export function singleHeader(headers: IncomingHttpHeaders, name: string): string | undefined {
   const value = headers[name];
   return Array.isArray(value) ? (value.length === 1 ? value[0] : undefined) : value;
