@@ -75,7 +75,8 @@ export class Conn implements AsyncIterable<Message> {
   private readonly autoPong: boolean;
   /** The LZ77 window this end's compressor may use, when compression was negotiated. */
   private sendWindowBits = 15;
-  private readonly pings = new PingTracker();
+  /** Made on the first ping: most connections never send one. */
+  private pingTracker: PingTracker | undefined;
   private pendingPong: Buffer | undefined;
   private closeSent = false;
   private receivedClose: { code: number; reason: string } | undefined;
@@ -245,7 +246,8 @@ export class Conn implements AsyncIterable<Message> {
   ping(signal?: AbortSignal): Promise<number> {
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.closeError) return Promise.reject(this.closeError);
-    return this.pings.ping((payload) => this.writes.writeControl(Opcode.Ping, payload), signal);
+    this.pingTracker ??= new PingTracker();
+    return this.pingTracker.ping((payload) => this.writes.writeControl(Opcode.Ping, payload), signal);
   }
 
   // ---- closing ----
@@ -408,7 +410,7 @@ export class Conn implements AsyncIterable<Message> {
 
   private onPong(payload: Buffer): void {
     this.onPongOption?.(payload);
-    this.pings.onPong(payload);
+    this.pingTracker?.onPong(payload);
   }
 
 
@@ -474,7 +476,7 @@ export class Conn implements AsyncIterable<Message> {
     // After the read side: a message cut short must fail, not complete.
     this.inbound.stopInflating();
     this.writes.terminate(err);
-    this.pings.rejectAll(err);
+    this.pingTracker?.rejectAll(err);
     this.closeReadController?.abort(err);
   }
 

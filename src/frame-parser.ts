@@ -40,7 +40,8 @@ const enum State {
 /** FrameParser is a push parser with one method per state. */
 export class FrameParser {
   private state = State.Header;
-  private readonly scratch = Buffer.allocUnsafe(MAX_HEADER_SIZE);
+  /** Holds a header cut by a chunk boundary; made the first time one is. */
+  private scratch: Buffer | undefined;
   private scratchLength = 0;
   // From Node's shared pool: no ArrayBuffer of its own per connection.
   private readonly maskKey = Buffer.allocUnsafe(4);
@@ -53,7 +54,8 @@ export class FrameParser {
   private inFragmentedMessage = false;
   private stopped = false;
   private suspended = false;
-  private pending: Buffer[] = [];
+  /** Bytes held while suspended; made the first time the parser is. */
+  private pending: Buffer[] | undefined;
 
   constructor(
     private readonly sink: FrameSink,
@@ -77,20 +79,21 @@ export class FrameParser {
   /** resume parses the bytes held since suspend. */
   resume(): void {
     this.suspended = false;
-    while (this.pending.length > 0 && !this.suspended && !this.stopped) this.push(this.pending.shift()!);
+    const pending = this.pending;
+    while (pending !== undefined && pending.length > 0 && !this.suspended && !this.stopped) this.push(pending.shift()!);
   }
 
   /** push parses a chunk of bytes read from the socket. */
   push(chunk: Buffer): void {
     let pos = 0;
     if (this.suspended) {
-      this.pending.push(chunk);
+      (this.pending ??= []).push(chunk);
       return;
     }
     while (!this.stopped && (pos < chunk.length || this.zeroLengthPending())) {
       pos = this.state === State.Header ? this.readHeader(chunk, pos) : this.readPayload(chunk, pos);
       if (this.suspended && pos < chunk.length) {
-        this.pending.unshift(chunk.subarray(pos));
+        (this.pending ??= []).unshift(chunk.subarray(pos));
         return;
       }
     }
@@ -108,7 +111,7 @@ export class FrameParser {
         this.decodeHeader(chunk, pos, size);
         return pos + size;
       }
-      chunk.copy(this.scratch, 0, pos);
+      chunk.copy((this.scratch ??= Buffer.allocUnsafe(MAX_HEADER_SIZE)), 0, pos);
       this.scratchLength = available;
       return chunk.length;
     }
@@ -118,16 +121,17 @@ export class FrameParser {
   /** readSplitHeader completes a header that began in an earlier chunk. */
   private readSplitHeader(chunk: Buffer, pos: number): number {
     const had = this.scratchLength;
+    const scratch = this.scratch!;
     const take = Math.min(MAX_HEADER_SIZE - had, chunk.length - pos);
-    chunk.copy(this.scratch, had, pos, pos + take);
+    chunk.copy(scratch, had, pos, pos + take);
     const available = had + take;
-    const size = headerSize(this.scratch, 0, available);
+    const size = headerSize(scratch, 0, available);
     if (size === 0 || available < size) {
       this.scratchLength = available;
       return pos + take;
     }
     this.scratchLength = 0;
-    this.decodeHeader(this.scratch, 0, size);
+    this.decodeHeader(scratch, 0, size);
     return pos + size - had;
   }
 

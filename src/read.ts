@@ -106,7 +106,8 @@ export class ReadSide {
   readLimit: number;
   private readonly inbox: InboundMessage[] = [];
   private receiving: InboundMessage | undefined;
-  private readonly utf8 = new Utf8Validator();
+  /** Made for the first text message: binary-only connections never need it. */
+  private utf8Validator: Utf8Validator | undefined;
   private buffered = 0;
   private paused = false;
   private wake: ((this: ReadSide) => void) | undefined;
@@ -160,7 +161,7 @@ export class ReadSide {
   appendPayload(chunk: Buffer): void {
     if (this.error) return;
     const message = this.receiving!;
-    if (message.type === MessageType.Text && !this.utf8.push(chunk)) {
+    if (message.type === MessageType.Text && !this.utf8().push(chunk)) {
       return this.host.fail(1007, ErrorCode.InvalidUtf8, "text message is not valid UTF-8");
     }
     message.size += chunk.length;
@@ -180,7 +181,7 @@ export class ReadSide {
     }
     // Still `receiving` while failing, so terminate() fails this message and
     // wakes a read waiting for its end.
-    if (message.type === MessageType.Text && !this.utf8.end()) {
+    if (message.type === MessageType.Text && !this.utf8().end()) {
       return this.host.fail(1007, ErrorCode.InvalidUtf8, "text message ends inside a UTF-8 sequence");
     }
     this.receiving = undefined;
@@ -201,7 +202,7 @@ export class ReadSide {
       const index = this.inbox.indexOf(message);
       if (index >= 0) this.inbox.splice(index, 1);
     }
-    this.utf8.reset();
+    this.utf8Validator?.reset();
     this.notify();
     // The peer's close frame may sit behind unread data: keep parsing so the
     // close handshake completes. Data frames are dropped from now on, so the
@@ -395,6 +396,10 @@ export class ReadSide {
     if (size <= this.readLimit) return true;
     this.failTooBig(size);
     return false;
+  }
+
+  private utf8(): Utf8Validator {
+    return (this.utf8Validator ??= new Utf8Validator());
   }
 
   private failTooBig(size: number): void {
