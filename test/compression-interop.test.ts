@@ -12,12 +12,11 @@
  */
 
 import t from "tap";
-import { WebSocket as UndiciWebSocket } from "undici";
 import type { WebSocket, PerMessageDeflateOptions } from "ws";
 import { dial, HandshakeError, MessageType, type Conn, type CompressionMode } from "../src/index.js";
 import { clientOffer } from "../src/compress.js";
 import {
-  AsyncQueue,
+  openUndici,
   binaryPayload,
   fragmentCuts,
   OP,
@@ -141,29 +140,14 @@ async function wsPeerClient(url: string, pmd: PerMessageDeflateOptions): Promise
 }
 
 async function undiciClient(url: string): Promise<Client & { protocolExtensions: string }> {
-  const ws = new UndiciWebSocket(url);
-  ws.binaryType = "arraybuffer";
-  const messages = new AsyncQueue<{ type: MessageType; data: Buffer }>();
-  ws.addEventListener("message", (ev) => {
-    const data: unknown = ev.data;
-    if (typeof data === "string") messages.push({ type: MessageType.Text, data: Buffer.from(data, "utf8") });
-    else messages.push({ type: MessageType.Binary, data: Buffer.from(data as ArrayBuffer) });
-  });
-  await new Promise((resolve, reject) => {
-    ws.addEventListener("open", resolve, { once: true });
-    ws.addEventListener("error", reject, { once: true });
-  });
+  const peer = await openUndici(url);
   return {
-    send: async (c) => ws.send(c.type === MessageType.Text ? c.data.toString("utf8") : c.data),
-    receive: () => messages.shift(),
+    send: async (c) => peer.send(c.type, c.data),
+    receive: () => peer.receive(),
     bytesRead: () => 0,
-    extensions: ws.extensions,
-    protocolExtensions: ws.extensions,
-    close: async () => {
-      const closed = new Promise((resolve) => ws.addEventListener("close", resolve, { once: true }));
-      ws.close(1000);
-      await closed;
-    },
+    extensions: peer.extensions,
+    protocolExtensions: peer.extensions,
+    close: () => peer.close(),
   };
 }
 

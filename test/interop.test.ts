@@ -7,11 +7,10 @@
  */
 
 import t from "tap";
-import { WebSocket as UndiciWebSocket } from "undici";
 import type { WebSocket } from "ws";
 import { dial, MessageType, type Conn } from "../src/index.js";
 import {
-  AsyncQueue,
+  openUndici,
   binaryPayload,
   fragmentCuts,
   OP,
@@ -124,29 +123,11 @@ async function wsPeerClient(url: string): Promise<Client> {
 }
 
 async function undiciClient(url: string): Promise<Client> {
-  const ws = new UndiciWebSocket(url);
-  ws.binaryType = "arraybuffer";
-  const messages = new AsyncQueue<{ type: MessageType; data: Buffer }>();
-  ws.addEventListener("message", (ev) => {
-    const data: unknown = ev.data;
-    if (typeof data === "string") messages.push({ type: MessageType.Text, data: Buffer.from(data, "utf8") });
-    else messages.push({ type: MessageType.Binary, data: Buffer.from(data as ArrayBuffer) });
-  });
-  await new Promise((resolve, reject) => {
-    ws.addEventListener("open", resolve, { once: true });
-    ws.addEventListener("error", reject, { once: true });
-  });
+  const peer = await openUndici(url);
   return {
-    send: async (c) => {
-      // The WebSocket API sends strings as text and bytes as binary.
-      ws.send(c.type === MessageType.Text ? c.data.toString("utf8") : c.data);
-    },
-    receive: () => messages.shift(),
-    close: async () => {
-      const closed = new Promise((resolve) => ws.addEventListener("close", resolve, { once: true }));
-      ws.close(1000);
-      await closed;
-    },
+    send: async (c) => peer.send(c.type, c.data),
+    receive: () => peer.receive(),
+    close: () => peer.close(),
   };
 }
 

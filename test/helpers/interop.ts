@@ -10,8 +10,9 @@ import { once } from "node:events";
 import * as http from "node:http";
 import * as net from "node:net";
 import type { AddressInfo } from "node:net";
+import { WebSocket as UndiciWebSocket } from "undici";
 import { WebSocket, WebSocketServer, type ServerOptions } from "ws";
-import { accept, dial, type AcceptOptions, type Conn, type DialOptions } from "../../src/index.js";
+import { accept, dial, MessageType, type AcceptOptions, type Conn, type DialOptions } from "../../src/index.js";
 import {
   acceptFor,
   closePayload,
@@ -414,4 +415,41 @@ export async function rejection(p: Promise<unknown>): Promise<unknown> {
     return err;
   }
   throw new Error("expected the promise to reject");
+}
+
+/** UndiciPeer is undici's WebSocket client, open, with the messages it receives queued as Buffers. */
+export interface UndiciPeer {
+  /** The extensions the handshake agreed on. */
+  extensions: string;
+  /** send sends text as a string and binary as bytes, as the WebSocket API does. */
+  send(type: MessageType, data: Buffer): void;
+  receive(): Promise<{ type: MessageType; data: Buffer }>;
+  /** close closes with 1000 and resolves on the close event. */
+  close(): Promise<void>;
+}
+
+/** openUndici connects undici's WebSocket client to `url` and resolves once it is open. */
+export async function openUndici(url: string): Promise<UndiciPeer> {
+  const ws = new UndiciWebSocket(url);
+  ws.binaryType = "arraybuffer";
+  const messages = new AsyncQueue<{ type: MessageType; data: Buffer }>();
+  ws.addEventListener("message", (ev) => {
+    const data: unknown = ev.data;
+    if (typeof data === "string") messages.push({ type: MessageType.Text, data: Buffer.from(data, "utf8") });
+    else messages.push({ type: MessageType.Binary, data: Buffer.from(data as ArrayBuffer) });
+  });
+  await new Promise((resolve, reject) => {
+    ws.addEventListener("open", resolve, { once: true });
+    ws.addEventListener("error", reject, { once: true });
+  });
+  return {
+    extensions: ws.extensions,
+    send: (type, data) => ws.send(type === MessageType.Text ? data.toString("utf8") : data),
+    receive: () => messages.shift(),
+    close: async () => {
+      const closed = new Promise((resolve) => ws.addEventListener("close", resolve, { once: true }));
+      ws.close(1000);
+      await closed;
+    },
+  };
 }
