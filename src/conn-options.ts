@@ -78,11 +78,6 @@ export function checkConnOptions(options: ConnOptions): void {
   if (options.closeTimeout !== undefined) checkLimit("close timeout", options.closeTimeout);
 }
 
-/** checkReadLimit returns a read limit, or throws a RangeError. */
-export function checkReadLimit(limit: number): number {
-  return checkLimit("read limit", limit);
-}
-
 /** checkLimit returns a non-negative limit (Infinity allowed), or throws a RangeError naming `what`. */
 export function checkLimit(what: string, limit: number): number {
   if (typeof limit !== "number" || Number.isNaN(limit) || limit < 0) {

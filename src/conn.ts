@@ -17,7 +17,6 @@ import type { FrameParser } from "./frame-parser.js";
 import {
   checkLevel,
   checkLimit,
-  checkReadLimit,
   DEFAULT_CLOSE_TIMEOUT,
   DEFAULT_READ_LIMIT,
   type CloseInfo,
@@ -109,7 +108,7 @@ export class Conn implements AsyncIterable<Message> {
     this.compressionLevel = checkLevel(init.compressionLevel ?? DEFAULT_COMPRESSION_LEVEL);
     this.closeTimeout = init.closeTimeout ?? DEFAULT_CLOSE_TIMEOUT;
     const deflate = init.deflate;
-    const readLimit = checkReadLimit(init.readLimit ?? DEFAULT_READ_LIMIT);
+    const readLimit = checkLimit("read limit", init.readLimit ?? DEFAULT_READ_LIMIT);
     this.inbound = new Inbound(socket, this, { expectMasked: this.isServer, readLimit, deflate });
     this.parser = this.inbound.parser;
     this.reads = this.inbound.reads;
@@ -180,7 +179,7 @@ export class Conn implements AsyncIterable<Message> {
    * non-numeric limit.
    */
   setReadLimit(limit: number): void {
-    this.reads.readLimit = checkReadLimit(limit);
+    this.reads.readLimit = checkLimit("read limit", limit);
   }
 
   /**

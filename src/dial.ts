@@ -13,7 +13,7 @@ import type { Socket } from "node:net";
 import type { ConnectionOptions } from "node:tls";
 import { checkConnOptions, Conn, type ConnOptions } from "./conn.js";
 import { acceptResponse, checkCompressionOptions, clientOffer, settingsFor, type CompressionOptions } from "./compress.js";
-import { codedError, ErrorCode, HandshakeError } from "./errors.js";
+import { codedError, ErrorCode, HandshakeError, wrapError } from "./errors.js";
 import { acceptKey, checkHeaders, hasToken, headerList, isToken, singleHeader } from "./handshake.js";
 import { DEFAULT_HANDSHAKE_TIMEOUT } from "./accept.js";
 import { connectThroughProxy, directConnection, proxyFor, type CreateConnection, type DialTarget } from "./proxy.js";
@@ -203,7 +203,7 @@ function handshake(target: Target, options: DialOptions, createConnection: Creat
     };
     request.on("error", (err) => {
       settle();
-      reject(err === signal?.reason || (err as { code?: string }).code === ErrorCode.HandshakeTimeout ? err : dialError(err));
+      reject(err === signal?.reason || (err as { code?: string }).code === ErrorCode.HandshakeTimeout ? err : wrapError("failed to dial", err));
     });
     request.on("response", (res) => {
       const socket = res.socket;
@@ -279,8 +279,4 @@ function readBody(res: http.IncomingMessage): Promise<Buffer> {
   });
 }
 
-function dialError(err: Error): Error {
-  const wrapped = new Error(`failed to dial: ${err.message}`, { cause: err });
-  (wrapped as Error & { code?: unknown }).code = (err as { code?: unknown }).code;
-  return wrapped;
-}
+

@@ -67,6 +67,16 @@ export function codedError(code: ErrorCode, message: string, cause?: unknown): C
 }
 
 /**
+ * wrapError prefixes `err`'s message ("failed to dial: …"), keeps `err` as
+ * the cause and copies its `code` (ECONNREFUSED, …) so callers can test it.
+ */
+export function wrapError(prefix: string, err: Error): Error {
+  const wrapped = new Error(`${prefix}: ${err.message}`, { cause: err });
+  (wrapped as Error & { code?: unknown }).code = (err as { code?: unknown }).code;
+  return wrapped;
+}
+
+/**
  * HandshakeError reports a refused opening handshake. On the server it is what
  * accept rejects with after answering the HTTP error itself; on the client it
  * carries the server's answer: status, headers and the first bytes of the body.

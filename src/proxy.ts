@@ -8,7 +8,7 @@ import * as http from "node:http";
 import * as net from "node:net";
 import type { Duplex } from "node:stream";
 import * as tls from "node:tls";
-import { codedError, ErrorCode, HandshakeError } from "./errors.js";
+import { codedError, ErrorCode, HandshakeError, wrapError } from "./errors.js";
 
 /** Where dial connects: host and port, or a unix socket path. */
 export interface DialTarget {
@@ -275,7 +275,5 @@ function refusal(pending: ProxyRequest, res: http.IncomingMessage, authority: st
 }
 
 function unreachable(pending: ProxyRequest, err: Error): Error {
-  const wrapped = new Error(`failed to dial: proxy ${pending.name}: ${err.message}`, { cause: err });
-  (wrapped as Error & { code?: unknown }).code = (err as { code?: unknown }).code;
-  return wrapped;
+  return wrapError(`failed to dial: proxy ${pending.name}`, err);
 }
