@@ -13,7 +13,6 @@ import { defaultThreshold, type DeflateSettings } from "./compress.js";
 import { compressedVariant, DEFAULT_COMPRESSION_LEVEL, MessageDeflater } from "./deflate.js";
 import { ErrorCode } from "./errors.js";
 import { Opcode, type MessageType } from "./frame.js";
-import type { FrameParser } from "./frame-parser.js";
 import {
   checkLevel,
   checkLimit,
@@ -26,7 +25,7 @@ import { Inbound } from "./inbound.js";
 import { MessageIterator } from "./message-iterator.js";
 import { PingTracker } from "./ping.js";
 import { PLAIN_VARIANT, type FrameVariant, type PreparedMessage } from "./prepared.js";
-import type { Message, ReadSide, StreamedMessage } from "./read.js";
+import type { Message, StreamedMessage } from "./read.js";
 import { WriteSide, type MessageData } from "./write.js";
 
 // The options and their checks live in conn-options.ts; importers of conn.ts find them here too.
@@ -56,41 +55,26 @@ export class Conn implements AsyncIterable<Message> {
   /** Settles once, with how the connection ended, however it ended. Never rejects. */
   get closed(): Promise<CloseInfo> {
     // Made on first use: a connection nobody asks about holds no promise.
-    if (this.closedPromise === undefined) {
-      const info = this.closeInfo;
-      this.closedPromise = info ? Promise.resolve(info) : new Promise((resolve) => (this.resolveClosed = resolve));
+    const rare = this.rare;
+    if (rare.closedPromise === undefined) {
+      const info = rare.closeInfo;
+      rare.closedPromise = info ? Promise.resolve(info) : new Promise((resolve) => (rare.resolveClosed = resolve));
     }
-    return this.closedPromise;
+    return rare.closedPromise;
   }
 
+  // Every field here costs 8 bytes on each of possibly many thousand
+  // connections: what most of them never use lives in RareState.
   private readonly socket: Socket;
   private readonly isServer: boolean;
-  private readonly parser: FrameParser;
-  private readonly reads: ReadSide;
-  private readonly writes: WriteSide;
-  private readonly closeTimeout: number;
-  private readonly onPingOption: ((payload: Buffer) => void) | undefined;
-  private readonly onPongOption: ((payload: Buffer) => void) | undefined;
-  private readonly autoPong: boolean;
-  /** The LZ77 window this end's compressor may use, when compression was negotiated. */
-  private sendWindowBits = 15;
-  /** Made on the first ping: most connections never send one. */
-  private pingTracker: PingTracker | undefined;
-  private pendingPong: Buffer | undefined;
-  private closeSent = false;
-  private receivedClose: { code: number; reason: string } | undefined;
-  /** Set between a peer's close frame and our answer to it (see onPeerClose). */
-  private closeAnswer: NodeJS.Immediate | undefined;
-  private closeError: CloseError | undefined;
-  private socketError: Error | undefined;
-  private closeTimer: NodeJS.Timeout | undefined;
-  private closeTimedOut = false;
-  private closedPromise: Promise<CloseInfo> | undefined;
-  private resolveClosed: ((info: CloseInfo) => void) | undefined;
-  private closeInfo: CloseInfo | undefined;
-  private closeReadController: AbortController | undefined;
+  /** The frame parser, the read side and the inflater. */
   private readonly inbound: Inbound;
-  private compressionLevel: number;
+  private readonly writes: WriteSide;
+  private readonly autoPong: boolean;
+  private closeSent = false;
+  private closeError: CloseError | undefined;
+  /** State most connections need only once they close, or never: made on first use. */
+  private rareState: RareState | undefined;
 
   /**
    * The constructor is internal: connections come from accept and dial. It
@@ -99,22 +83,23 @@ export class Conn implements AsyncIterable<Message> {
    */
   constructor(socket: Socket, head: Buffer, init: ConnInit) {
     this.socket = socket;
-    this.onPingOption = init.onPing;
-    this.onPongOption = init.onPong;
     this.autoPong = init.autoPong !== false;
     this.isServer = init.role === "server";
     this.subprotocol = init.subprotocol ?? "";
     this.extensions = init.deflate?.header ?? "";
-    this.compressionLevel = checkLevel(init.compressionLevel ?? DEFAULT_COMPRESSION_LEVEL);
-    this.closeTimeout = init.closeTimeout ?? DEFAULT_CLOSE_TIMEOUT;
+    const level = checkLevel(init.compressionLevel ?? DEFAULT_COMPRESSION_LEVEL);
+    if (init.onPing !== undefined || init.onPong !== undefined || init.closeTimeout !== undefined) {
+      const rare = this.rare;
+      rare.onPing = init.onPing;
+      rare.onPong = init.onPong;
+      rare.closeTimeout = init.closeTimeout ?? DEFAULT_CLOSE_TIMEOUT;
+    }
     const deflate = init.deflate;
     const readLimit = checkLimit("read limit", init.readLimit ?? DEFAULT_READ_LIMIT);
     this.inbound = new Inbound(socket, this, { expectMasked: this.isServer, readLimit, deflate });
-    this.parser = this.inbound.parser;
-    this.reads = this.inbound.reads;
     this.writes = new WriteSide(socket, !this.isServer, this);
     if (init.writeQueueLimit !== undefined) this.writes.writeQueueLimit = checkLimit("write queue limit", init.writeQueueLimit);
-    if (deflate !== undefined) this.setupWriteCompression(deflate, init.compressionThreshold);
+    if (deflate !== undefined) this.setupWriteCompression(deflate, init.compressionThreshold, level);
     this.attachSocket(head);
   }
 
@@ -134,7 +119,7 @@ export class Conn implements AsyncIterable<Message> {
    * the connection with 1009 for a message larger than the read limit.
    */
   read(signal?: AbortSignal): Promise<Message> {
-    return this.reads.read(signal);
+    return this.inbound.reads.read(signal);
   }
 
   /**
@@ -147,7 +132,7 @@ export class Conn implements AsyncIterable<Message> {
    * while the stream is still receiving fails the connection (1011).
    */
   reader(signal?: AbortSignal): Promise<StreamedMessage> {
-    return this.reads.reader(signal);
+    return this.inbound.reads.reader(signal);
   }
 
   /**
@@ -159,17 +144,18 @@ export class Conn implements AsyncIterable<Message> {
    * connection with 1008, like an expired context in nhooyr's CloseRead.
    */
   closeRead(signal?: AbortSignal): AbortSignal {
-    this.reads.closeRead();
+    this.inbound.reads.closeRead();
     signal?.addEventListener("abort", () => void this.close(StatusCode.PolicyViolation, "closeRead aborted").catch(noop), {
       once: true,
     });
     if (signal?.aborted) void this.close(StatusCode.PolicyViolation, "closeRead aborted").catch(noop);
     // Made on first use: most connections never call closeRead.
-    if (this.closeReadController === undefined) {
-      this.closeReadController = new AbortController();
-      if (this.closeError) this.closeReadController.abort(this.closeError);
+    const rare = this.rare;
+    if (rare.closeReadController === undefined) {
+      rare.closeReadController = new AbortController();
+      if (this.closeError) rare.closeReadController.abort(this.closeError);
     }
-    return this.closeReadController.signal;
+    return rare.closeReadController.signal;
   }
 
   /**
@@ -179,7 +165,7 @@ export class Conn implements AsyncIterable<Message> {
    * non-numeric limit.
    */
   setReadLimit(limit: number): void {
-    this.reads.readLimit = checkLimit("read limit", limit);
+    this.inbound.reads.readLimit = checkLimit("read limit", limit);
   }
 
   /**
@@ -190,7 +176,7 @@ export class Conn implements AsyncIterable<Message> {
    * connection open.
    */
   [Symbol.asyncIterator](): AsyncIterableIterator<Message> {
-    return new MessageIterator(this);
+    return new MessageIterator(this.inbound.reads);
   }
 
 
@@ -245,8 +231,8 @@ export class Conn implements AsyncIterable<Message> {
   ping(signal?: AbortSignal): Promise<number> {
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.closeError) return Promise.reject(this.closeError);
-    this.pingTracker ??= new PingTracker();
-    return this.pingTracker.ping((payload) => this.writes.writeControl(Opcode.Ping, payload), signal);
+    const tracker = (this.rare.pingTracker ??= new PingTracker());
+    return tracker.ping((payload) => this.writes.writeControl(Opcode.Ping, payload), signal);
   }
 
   // ---- closing ----
@@ -295,7 +281,7 @@ export class Conn implements AsyncIterable<Message> {
    * RangeError for another value. No effect without permessage-deflate.
    */
   setCompressionLevel(level: number): void {
-    this.compressionLevel = checkLevel(level);
+    checkLevel(level);
     const compression = this.writes.compression;
     if (compression === undefined || compression.deflater.level === level) return;
     compression.deflater.level = level;
@@ -347,22 +333,22 @@ export class Conn implements AsyncIterable<Message> {
 
   // ---- internals ----
 
-  private setupWriteCompression(deflate: DeflateSettings, threshold: number | undefined): void {
+  private setupWriteCompression(deflate: DeflateSettings, threshold: number | undefined, level: number): void {
     // zlib cannot keep a raw deflate window of 256 bytes (it makes it 512):
     // a peer that demands window bits 8 gets uncompressed messages, which is legal.
     if (deflate.sendWindowBits === 8) return;
-    this.sendWindowBits = deflate.sendWindowBits;
     this.writes.compression = {
-      deflater: new MessageDeflater(!deflate.sendNoContextTakeover, deflate.sendWindowBits, this.compressionLevel),
+      deflater: new MessageDeflater(!deflate.sendNoContextTakeover, deflate.sendWindowBits, level),
       threshold: threshold ?? defaultThreshold(deflate),
       enabled: true,
+      windowBits: deflate.sendWindowBits,
     };
   }
 
   private preparedVariant(): FrameVariant {
     const compression = this.writes.compression;
     if (compression === undefined || !compression.enabled) return PLAIN_VARIANT;
-    return compressedVariant(this.sendWindowBits, this.compressionLevel, compression.threshold);
+    return compressedVariant(compression.windowBits, compression.deflater.level, compression.threshold);
   }
 
   private attachSocket(head: Buffer): void {
@@ -375,7 +361,7 @@ export class Conn implements AsyncIterable<Message> {
     socket.on("end", onSocketEnd);
     socket.on("error", onSocketError);
     socket.on("close", onSocketClose);
-    if (head.length > 0) this.parser.push(head);
+    if (head.length > 0) this.inbound.parser.push(head);
     if (socket.destroyed) queueMicrotask(() => this.onSocketClose());
     // The peer may have half-closed while accept was still busy (checkOrigin),
     // before these listeners: its 'end' is gone, so act on it now.
@@ -390,26 +376,28 @@ export class Conn implements AsyncIterable<Message> {
   }
 
   private onPing(payload: Buffer): void {
-    this.onPingOption?.(payload);
+    this.rareState?.onPing?.(payload);
     if (!this.autoPong || this.closeSent) return;
     if (!this.socket.writableNeedDrain) {
       this.writes.writeControl(Opcode.Pong, payload);
       return;
     }
     // The peer is not reading: keep one pong, for the latest ping (§5.5.3).
-    if (this.pendingPong === undefined) this.socket.once("drain", () => this.flushPong());
-    this.pendingPong = payload;
+    const rare = this.rare;
+    if (rare.pendingPong === undefined) this.socket.once("drain", () => this.flushPong());
+    rare.pendingPong = payload;
   }
 
   private flushPong(): void {
-    const payload = this.pendingPong;
-    this.pendingPong = undefined;
+    const rare = this.rare;
+    const payload = rare.pendingPong;
+    rare.pendingPong = undefined;
     if (payload !== undefined && !this.closeSent) this.writes.writeControl(Opcode.Pong, payload);
   }
 
   private onPong(payload: Buffer): void {
-    this.onPongOption?.(payload);
-    this.pingTracker?.onPong(payload);
+    this.rareState?.onPong?.(payload);
+    this.rareState?.pingTracker?.onPong(payload);
   }
 
 
@@ -420,25 +408,32 @@ export class Conn implements AsyncIterable<Message> {
       const errorCode = parsed.code === 1007 ? ErrorCode.InvalidUtf8 : ErrorCode.InvalidClosePayload;
       return this.fail(parsed.code, errorCode, parsed.error);
     }
-    this.receivedClose = parsed;
-    this.parser.stop();
+    const rare = this.rare;
+    rare.receivedClose = parsed;
+    this.inbound.parser.stop();
     // Answer on the next turn of the event loop: a message and the close often
     // arrive in one TCP read, and the application woken by that message may
     // still reply to it (an echo) before the close goes out. §5.5.1 lets an
     // endpoint finish its current message before answering a close.
-    this.closeAnswer = setImmediate(() => this.answerClose());
+    rare.closeAnswer = setImmediate(() => this.answerClose());
   }
 
   /** answerClose echoes the peer's close code, once (https://www.rfc-editor.org/rfc/rfc6455#section-5.5.1). */
   private answerClose(): void {
-    if (this.closeAnswer === undefined) return;
-    clearImmediate(this.closeAnswer);
-    this.closeAnswer = undefined;
-    const { code, reason } = this.receivedClose!;
+    const rare = this.rareState;
+    if (rare?.closeAnswer === undefined) return;
+    clearImmediate(rare.closeAnswer);
+    rare.closeAnswer = undefined;
+    const { code, reason } = rare.receivedClose!;
     const echo = code === StatusCode.NoStatusRcvd ? EMPTY : encodeClosePayload(code);
     this.sendClose(new CloseError(code, reason, { remote: true }), echo);
     // The server closes TCP first (§7.1.1); the client waits for it.
     if (this.isServer && !this.socket.destroyed) this.socket.end();
+  }
+
+  /** rare returns the connection's rarely needed state, making it on first use. */
+  private get rare(): RareState {
+    return (this.rareState ??= new RareState());
   }
 
   /** @internal The connection is closing: no message will be read (InboundHost). */
@@ -453,7 +448,7 @@ export class Conn implements AsyncIterable<Message> {
    * closes the TCP connection. Every protocol violation ends here.
    */
   fail(code: number, errorCode: ErrorCode, message: string): void {
-    this.parser.stop();
+    this.inbound.parser.stop();
     const reason = Buffer.byteLength(message) > 123 ? message.slice(0, 120) + "..." : message;
     this.sendClose(new CloseError(code, reason, { errorCode }), encodeClosePayload(code, reason));
     if (!this.socket.writableEnded) this.socket.end();
@@ -471,32 +466,33 @@ export class Conn implements AsyncIterable<Message> {
   private terminate(err: CloseError): void {
     if (this.closeError) return;
     this.closeError = err;
-    this.reads.terminate(err);
+    this.inbound.reads.terminate(err);
     // After the read side: a message cut short must fail, not complete.
     this.inbound.stopInflating();
     this.writes.terminate(err);
-    this.pingTracker?.rejectAll(err);
-    this.closeReadController?.abort(err);
+    this.rareState?.pingTracker?.rejectAll(err);
+    this.rareState?.closeReadController?.abort(err);
   }
 
   private armCloseTimer(): void {
-    if (this.closeTimer !== undefined) return;
-    this.closeTimer = setTimeout(() => {
-      this.closeTimedOut = true;
+    const rare = this.rare;
+    if (rare.closeTimer !== undefined) return;
+    rare.closeTimer = setTimeout(() => {
+      rare.closeTimedOut = true;
       this.socket.destroy();
-    }, this.closeTimeout);
-    this.closeTimer.unref();
+    }, rare.closeTimeout);
+    rare.closeTimer.unref();
   }
 
   /** @internal Bytes arrived from the socket. */
   receive(chunk: Buffer): void {
-    this.parser.push(chunk);
+    this.inbound.parser.push(chunk);
   }
 
   /** @internal The peer ended its side of the TCP connection. */
   onSocketEnd(): void {
     this.answerClose();
-    if (this.receivedClose === undefined) {
+    if (this.rareState?.receivedClose === undefined) {
       this.terminate(new CloseError(StatusCode.AbnormalClosure, "connection closed without a close frame"));
     }
     if (!this.socket.writableEnded) this.socket.end();
@@ -504,25 +500,26 @@ export class Conn implements AsyncIterable<Message> {
 
   /** @internal The socket failed. */
   onSocketError(err: Error): void {
-    this.socketError = err;
+    this.rare.socketError = err;
     this.terminate(new CloseError(StatusCode.AbnormalClosure, `connection failed: ${err.message}`, { cause: err }));
   }
 
   /** @internal The socket is closed: settle everything. */
   onSocketClose(): void {
     this.answerClose();
-    clearTimeout(this.closeTimer);
+    clearTimeout(this.rareState?.closeTimer);
     this.inbound.release();
     this.writes.compression?.deflater.release();
     this.terminate(new CloseError(StatusCode.AbnormalClosure, "connection closed without a close frame"));
-    if (this.closeInfo !== undefined) return;
-    const received = this.receivedClose;
-    this.closeInfo = {
+    const rare = this.rare;
+    if (rare.closeInfo !== undefined) return;
+    const received = rare.receivedClose;
+    rare.closeInfo = {
       code: received?.code ?? StatusCode.AbnormalClosure,
       reason: received?.reason ?? "",
-      wasClean: this.closeSent && received !== undefined && this.socketError === undefined && !this.closeTimedOut,
+      wasClean: this.closeSent && received !== undefined && rare.socketError === undefined && !rare.closeTimedOut,
     };
-    this.resolveClosed?.(this.closeInfo);
+    rare.resolveClosed?.(rare.closeInfo);
   }
 }
 
@@ -550,6 +547,33 @@ function onSocketError(this: OwnedSocket, err: Error): void {
 
 function onSocketClose(this: OwnedSocket): void {
   this[OWNER].onSocketClose();
+}
+
+/**
+ * RareState holds what a connection needs only around its close, for pings
+ * or for closeRead: one object made on first use instead of a dozen fields
+ * on every Conn, most of them unused for the connection's whole life.
+ */
+class RareState {
+  /** The onPing and onPong options. */
+  onPing: ((payload: Buffer) => void) | undefined;
+  onPong: ((payload: Buffer) => void) | undefined;
+  closeTimeout = DEFAULT_CLOSE_TIMEOUT;
+  /** The peer's close frame, once it came. */
+  receivedClose: { code: number; reason: string } | undefined;
+  /** Set between a peer's close frame and our answer to it (see onPeerClose). */
+  closeAnswer: NodeJS.Immediate | undefined;
+  socketError: Error | undefined;
+  closeTimer: NodeJS.Timeout | undefined;
+  closeTimedOut = false;
+  closeInfo: CloseInfo | undefined;
+  closedPromise: Promise<CloseInfo> | undefined;
+  resolveClosed: ((info: CloseInfo) => void) | undefined;
+  closeReadController: AbortController | undefined;
+  /** Made on the first ping: most connections never send one. */
+  pingTracker: PingTracker | undefined;
+  /** The latest ping's payload, while the socket is too full to answer it. */
+  pendingPong: Buffer | undefined;
 }
 
 function noop(): void {}

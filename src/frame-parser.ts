@@ -8,7 +8,7 @@
 
 import { ErrorCode } from "./errors.js";
 import { MAX_CONTROL_PAYLOAD, MAX_HEADER_SIZE, Opcode } from "./frame.js";
-import { maskInPlace } from "./mask.js";
+import { maskWithWord, readMaskWord } from "./mask.js";
 
 /** FrameSink receives what the parser finds, in wire order. */
 export interface FrameSink {
@@ -43,9 +43,10 @@ export class FrameParser {
   /** Holds a header cut by a chunk boundary; made the first time one is. */
   private scratch: Buffer | undefined;
   private scratchLength = 0;
-  // From Node's shared pool: no ArrayBuffer of its own per connection.
-  private readonly maskKey = Buffer.allocUnsafe(4);
-  private masked = false;
+  /** The current frame's mask key as readMaskWord gives it: a small integer, not a Buffer. */
+  private maskKey = 0;
+  private readonly expectMasked: boolean;
+  private readonly allowRsv1: boolean;
   private fin = false;
   private opcode = 0;
   private payloadLeft = 0;
@@ -59,8 +60,12 @@ export class FrameParser {
 
   constructor(
     private readonly sink: FrameSink,
-    private readonly options: FrameParserOptions,
-  ) {}
+    options: FrameParserOptions,
+  ) {
+    // Copied out: the caller's options object need not live as long as the connection.
+    this.expectMasked = options.expectMasked;
+    this.allowRsv1 = options.allowRsv1;
+  }
 
   /** stop makes the parser ignore everything from now on. */
   stop(): void {
@@ -140,33 +145,25 @@ export class FrameParser {
     const b1 = buf[pos + 1]!;
     this.fin = (b0 & 0x80) !== 0;
     this.opcode = b0 & 0x0f;
-    this.masked = (b1 & 0x80) !== 0;
+    const masked = (b1 & 0x80) !== 0;
     const rsv1 = (b0 & 0x40) !== 0;
-    if ((b0 & 0x30) !== 0 || (rsv1 && !this.options.allowRsv1)) {
+    if ((b0 & 0x30) !== 0 || (rsv1 && !this.allowRsv1)) {
       return this.fail(ErrorCode.UnexpectedRsv, "reserved bits set without a negotiated extension");
     }
-    if (this.masked !== this.options.expectMasked) {
-      return this.masked
+    // From here on every frame's masking is what expectMasked says.
+    if (masked !== this.expectMasked) {
+      return masked
         ? this.fail(ErrorCode.UnexpectedMask, "server frames must not be masked")
         : this.fail(ErrorCode.ExpectedMask, "client frames must be masked");
     }
     const length = this.decodeLength(buf, pos, b1 & 0x7f);
     if (length < 0) return;
-    if (this.masked) this.readMaskKey(buf, pos + size - 4);
+    if (masked) this.maskKey = readMaskWord(buf, pos + size - 4);
     this.payloadLeft = length;
     this.payloadSeen = 0;
     this.state = State.Payload;
     if (this.opcode & 0x8) this.beginControlFrame(rsv1, length);
     else this.beginDataFrame(rsv1, length);
-  }
-
-  /** readMaskKey keeps the key byte by byte: cheaper than a native copy call for 4 bytes. */
-  private readMaskKey(buf: Buffer, at: number): void {
-    const key = this.maskKey;
-    key[0] = buf[at]!;
-    key[1] = buf[at + 1]!;
-    key[2] = buf[at + 2]!;
-    key[3] = buf[at + 3]!;
   }
 
   /** decodeLength returns the payload length, or -1 after failing. */
@@ -219,7 +216,7 @@ export class FrameParser {
     const n = Math.min(this.payloadLeft, chunk.length - pos);
     if (n > 0) {
       const data = chunk.subarray(pos, pos + n);
-      if (this.masked) maskInPlace(data, this.maskKey, this.payloadSeen);
+      if (this.expectMasked) maskWithWord(data, this.maskKey, this.payloadSeen);
       if (this.control) data.copy(this.control, this.payloadSeen);
       else this.sink.onDataPayload(data);
       this.payloadSeen += n;

@@ -17,16 +17,46 @@ const WORD_MASK_THRESHOLD = 32;
  * are processed a 32-bit word at a time.
  */
 export function maskInPlace(data: Uint8Array, key: Uint8Array, phase = 0): void {
+  maskWithWord(data, readMaskWord(key, 0), phase);
+}
+
+/**
+ * readMaskWord reads the 4 key bytes at `at` as one signed 32-bit number, the
+ * first byte on the wire the most significant: a connection keeps its current
+ * key as a small integer instead of a 4-byte Buffer.
+ */
+export function readMaskWord(buf: Uint8Array, at: number): number {
+  return (buf[at]! << 24) | (buf[at + 1]! << 16) | (buf[at + 2]! << 8) | buf[at + 3]!;
+}
+
+/** maskWithWord is maskInPlace with the key as readMaskWord returns it. */
+export function maskWithWord(data: Uint8Array, word: number, phase = 0): void {
+  // `key` is the mask as seen from data[0]: key byte (i & 3) applies to data[i].
+  const key = rotateKey(word, phase);
   const n = data.length;
-  if (n < WORD_MASK_THRESHOLD) {
-    for (let i = 0; i < n; i++) data[i] ^= key[(phase + i) & 3]!;
-    return;
-  }
+  if (n < WORD_MASK_THRESHOLD) return maskBytes(data, key, 0, n);
   const head = (4 - (data.byteOffset & 3)) & 3;
-  for (let i = 0; i < head; i++) data[i] ^= key[(phase + i) & 3]!;
+  maskBytes(data, key, 0, head);
   const words = (n - head) >>> 2;
-  xorWords(new Int32Array(data.buffer, data.byteOffset + head, words), keyWord(key, phase + head));
-  for (let i = head + words * 4; i < n; i++) data[i] ^= key[(phase + i) & 3]!;
+  xorWords(new Int32Array(data.buffer, data.byteOffset + head, words), nativeOrder(rotateKey(key, head)));
+  maskBytes(data, key, head + words * 4, n);
+}
+
+/** maskBytes XORs data[from, to) byte by byte; a Uint8Array keeps the low 8 bits of each result. */
+function maskBytes(data: Uint8Array, key: number, from: number, to: number): void {
+  for (let i = from; i < to; i++) data[i]! ^= key >> (24 - ((i & 3) << 3));
+}
+
+/** rotateKey turns the key so that it starts at its byte `phase & 3`. */
+function rotateKey(key: number, phase: number): number {
+  const shift = (phase & 3) << 3;
+  return shift === 0 ? key : (key << shift) | (key >>> (32 - shift));
+}
+
+/** nativeOrder gives the key word as an Int32Array element holding the 4 key bytes in memory order. */
+function nativeOrder(key: number): number {
+  if (!LITTLE_ENDIAN) return key;
+  return ((key & 0xff) << 24) | ((key & 0xff00) << 8) | ((key >>> 8) & 0xff00) | (key >>> 24);
 }
 
 /**
@@ -46,15 +76,6 @@ function xorWords(view: Int32Array, word: number): void {
     view[i + 3]! ^= word;
   }
   for (; i < n; i++) view[i]! ^= word;
-}
-
-/** keyWord reads the key rotated to start at byte `phase & 3`, as a native-order signed word. */
-function keyWord(key: Uint8Array, phase: number): number {
-  const b0 = key[phase & 3]!;
-  const b1 = key[(phase + 1) & 3]!;
-  const b2 = key[(phase + 2) & 3]!;
-  const b3 = key[(phase + 3) & 3]!;
-  return LITTLE_ENDIAN ? b0 | (b1 << 8) | (b2 << 16) | (b3 << 24) : (b0 << 24) | (b1 << 16) | (b2 << 8) | b3;
 }
 
 const POOL_SIZE = 8192;

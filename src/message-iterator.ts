@@ -3,27 +3,24 @@
  */
 
 import { CloseError, StatusCode } from "./close.js";
-import type { Conn } from "./conn.js";
-import type { Message } from "./read.js";
+import type { Iteration, Message, ReadSide } from "./read.js";
 
 /** Close codes after which iteration ends quietly instead of throwing. */
 const QUIET_CLOSE_CODES = new Set<number>([StatusCode.NormalClosure, StatusCode.GoingAway, StatusCode.NoStatusRcvd]);
 
 /**
  * MessageIterator reads messages for `for await`: a class rather than an
- * async generator, so a waiting iteration costs one promise, not several
- * promises and closures.
+ * async generator, and served by ReadSide.next, so a loop waiting for a
+ * message costs one promise, not several promises and closures.
  */
-export class MessageIterator implements AsyncIterableIterator<Message> {
+export class MessageIterator implements AsyncIterableIterator<Message>, Iteration {
   private done = false;
-  private onError: ((err: unknown) => IteratorResult<Message>) | undefined;
 
-  constructor(private readonly conn: Conn) {}
+  constructor(private readonly reads: ReadSide) {}
 
   next(): Promise<IteratorResult<Message>> {
     if (this.done) return Promise.resolve(DONE);
-    this.onError ??= (err) => this.fail(err);
-    return this.conn.read().then(toResult, this.onError);
+    return this.reads.next(this);
   }
 
   return(): Promise<IteratorResult<Message>> {
@@ -35,7 +32,8 @@ export class MessageIterator implements AsyncIterableIterator<Message> {
     return this;
   }
 
-  private fail(err: unknown): IteratorResult<Message> {
+  /** end finishes the iteration after a read rejected: quietly for a normal close, else by throwing. */
+  end(err: unknown): IteratorResult<Message> {
     this.done = true;
     if (err instanceof CloseError && QUIET_CLOSE_CODES.has(err.code)) return DONE;
     throw err;
@@ -43,7 +41,3 @@ export class MessageIterator implements AsyncIterableIterator<Message> {
 }
 
 const DONE: IteratorResult<Message> = Object.freeze({ done: true, value: undefined });
-
-function toResult(value: Message): IteratorResult<Message> {
-  return { done: false, value };
-}

@@ -44,6 +44,16 @@ class ReceivedMessage implements Message {
   }
 }
 
+/** Iteration is how a `for await` loop over a connection ends (see MessageIterator). */
+export interface Iteration {
+  /** end returns the loop's last result for a read that rejected with `err`, or throws it. */
+  end(err: unknown): IteratorResult<Message>;
+}
+
+function toResult(value: Message): IteratorResult<Message> {
+  return { done: false, value };
+}
+
 /** What the read side needs from its connection. */
 export interface ReadHost {
   pauseSocket(): void;
@@ -67,6 +77,8 @@ class InboundMessage {
   buffersWhole = false;
   /** Its reader stream was destroyed: later bytes are validated, then dropped. */
   discard = false;
+  /** The message queued after it. */
+  next: InboundMessage | undefined;
 
   constructor(readonly type: MessageType) {}
 
@@ -100,18 +112,25 @@ const CHUNK_COST = 96;
 
 const EMPTY = Buffer.alloc(0);
 
-/** ReadSide owns the incoming message queue of one connection. */
-export class ReadSide {
-  readonly lock = new AbortableLock();
+/**
+ * ReadSide owns the incoming message queue of one connection. It is its own
+ * read lock, held by a read or reader for one whole message.
+ */
+export class ReadSide extends AbortableLock {
   readLimit: number;
-  private readonly inbox: InboundMessage[] = [];
+  /** The queue of messages not yet taken, oldest first, linked through `next`: no array per connection. */
+  private first: InboundMessage | undefined;
+  private last: InboundMessage | undefined;
   private receiving: InboundMessage | undefined;
   /** Made for the first text message: binary-only connections never need it. */
   private utf8Validator: Utf8Validator | undefined;
   private buffered = 0;
   private paused = false;
   private wake: ((this: ReadSide) => void) | undefined;
-  private idleRead: { resolve(message: Message): void; reject(err: unknown): void } | undefined;
+  /** The settle functions of a read waiting in readWhenNext, and the iteration it reads for. */
+  private idleResolve: ((value: unknown) => void) | undefined;
+  private idleReject: ((err: unknown) => void) | undefined;
+  private idleIteration: Iteration | undefined;
   private error: CloseError | undefined;
   private closeReading = false;
 
@@ -119,6 +138,7 @@ export class ReadSide {
     private readonly host: ReadHost,
     readLimit: number,
   ) {
+    super();
     this.readLimit = readLimit;
   }
 
@@ -136,7 +156,9 @@ export class ReadSide {
       this.host.fail(1008, ErrorCode.UnexpectedData, "unexpected data message after closeRead");
       return false;
     }
-    this.inbox.push(message);
+    if (this.last === undefined) this.first = message;
+    else this.last.next = message;
+    this.last = message;
     this.addBuffered(MESSAGE_COST);
     this.notify();
     return true;
@@ -199,8 +221,7 @@ export class ReadSide {
     const message = this.receiving;
     if (message) {
       message.failed = true;
-      const index = this.inbox.indexOf(message);
-      if (index >= 0) this.inbox.splice(index, 1);
+      this.unqueue(message);
     }
     this.utf8Validator?.reset();
     this.notify();
@@ -215,18 +236,63 @@ export class ReadSide {
   /** read implements Conn.read. */
   read(signal?: AbortSignal): Promise<Message> {
     if (signal?.aborted) return Promise.reject(signal.reason);
-    if (!this.lock.tryAcquire()) return this.readSlowly(signal, false);
-    const head = this.inbox[0];
-    if (head === undefined && signal === undefined && !this.error) return this.readWhenNext();
+    if (!this.tryAcquire()) return this.readSlowly(signal, false);
+    const head = this.first;
+    if (head === undefined && signal === undefined && !this.error) return this.readWhenNext(undefined);
     if (head === undefined || !head.complete) return this.readSlowly(signal, true);
-    this.inbox.shift();
-    if (!this.claim(head)) {
-      this.lock.release();
-      return Promise.reject(this.error);
+    const message = this.takeComplete();
+    return message === undefined ? Promise.reject(this.error) : Promise.resolve(message);
+  }
+
+  /**
+   * next serves MessageIterator.next: a read whose promise settles with the
+   * iterator result itself, so a loop waiting for the next message holds one
+   * promise, not a read's promise and a second one chained to it.
+   */
+  next(iteration: Iteration): Promise<IteratorResult<Message>> {
+    if (this.tryAcquire()) {
+      const head = this.first;
+      if (head === undefined && !this.error) return this.readWhenNext(iteration);
+      if (head !== undefined && head.complete) {
+        const message = this.takeComplete();
+        if (message !== undefined) return Promise.resolve({ done: false, value: message });
+        const err = this.error;
+        return new Promise((resolve) => resolve(iteration.end(err)));
+      }
+      this.release();
     }
-    const message = this.takeWhole(head);
-    this.lock.release();
-    return Promise.resolve(message);
+    return this.read().then(toResult, (err: unknown) => iteration.end(err));
+  }
+
+  /** shift takes the oldest message off the queue. */
+  private shift(): InboundMessage | undefined {
+    const head = this.first;
+    if (head === undefined) return undefined;
+    this.first = head.next;
+    head.next = undefined;
+    if (this.first === undefined) this.last = undefined;
+    return head;
+  }
+
+  /** unqueue removes `message` from the queue, if it is there. */
+  private unqueue(message: InboundMessage): void {
+    let previous: InboundMessage | undefined;
+    for (let m = this.first; m !== undefined; previous = m, m = m.next) {
+      if (m !== message) continue;
+      if (previous === undefined) this.first = m.next;
+      else previous.next = m.next;
+      if (this.last === m) this.last = previous;
+      m.next = undefined;
+      return;
+    }
+  }
+
+  /** takeComplete takes the complete message at the head of the queue and releases the lock; undefined after failing. */
+  private takeComplete(): Message | undefined {
+    const head = this.shift()!;
+    const message = this.claim(head) ? this.takeWhole(head) : undefined;
+    this.release();
+    return message;
   }
 
   /**
@@ -234,23 +300,40 @@ export class ReadSide {
    * and one callback until the next message begins or the connection
    * closes, then the general path. Most connections spend their life here.
    */
-  private readWhenNext(): Promise<Message> {
-    return new Promise<Message>((resolve, reject) => {
-      this.idleRead = { resolve, reject };
+  private readWhenNext<T>(iteration: Iteration | undefined): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.idleResolve = resolve as (value: unknown) => void;
+      this.idleReject = reject;
+      this.idleIteration = iteration;
       this.wake = continueIdleRead;
     });
   }
 
   /** resumeIdleRead continues a read that waited in readWhenNext. */
   resumeIdleRead(): void {
-    const { resolve, reject } = this.idleRead!;
-    this.idleRead = undefined;
-    this.readSlowly(undefined, true).then(resolve, reject);
+    const resolve = this.idleResolve!;
+    const reject = this.idleReject!;
+    const iteration = this.idleIteration;
+    this.idleResolve = this.idleReject = this.idleIteration = undefined;
+    const reading = this.readSlowly(undefined, true);
+    if (iteration === undefined) {
+      reading.then(resolve, reject);
+      return;
+    }
+    reading.then(
+      (message) => resolve(toResult(message)),
+      (err: unknown) => {
+        try {
+          resolve(iteration.end(err));
+        } catch (thrown) {
+          reject(thrown);
+        }
+      },
+    );
   }
 
-
   private async readSlowly(signal: AbortSignal | undefined, locked: boolean): Promise<Message> {
-    if (!locked) await this.lock.acquire(signal);
+    if (!locked) await this.acquire(signal);
     try {
       const message = await this.nextMessage(signal);
       message.buffersWhole = true;
@@ -261,19 +344,19 @@ export class ReadSide {
       }
       return this.takeWhole(message);
     } finally {
-      this.lock.release();
+      this.release();
     }
   }
 
   /** reader implements Conn.reader. */
   async reader(signal?: AbortSignal): Promise<StreamedMessage> {
     if (signal?.aborted) throw signal.reason;
-    await this.lock.acquire(signal);
+    await this.acquire(signal);
     let message: InboundMessage;
     try {
       message = await this.nextMessage(signal);
     } catch (err) {
-      this.lock.release();
+      this.release();
       throw err;
     }
     return { type: message.type, stream: new MessageReadable(this, message, signal) };
@@ -285,7 +368,7 @@ export class ReadSide {
    */
   closeRead(): void {
     this.closeReading = true;
-    if (this.inbox.length > 0) {
+    if (this.first !== undefined) {
       this.host.fail(1008, ErrorCode.UnexpectedData, "unexpected data message after closeRead");
       return;
     }
@@ -295,7 +378,7 @@ export class ReadSide {
   /** nextMessage waits for the next message to begin and takes it off the queue. */
   private async nextMessage(signal: AbortSignal | undefined): Promise<InboundMessage> {
     for (;;) {
-      const head = this.inbox.shift();
+      const head = this.shift();
       if (head !== undefined) {
         if (!this.claim(head)) throw this.error;
         return head;
@@ -488,6 +571,6 @@ class MessageReadable extends Readable {
     if (this.finished) return;
     this.finished = true;
     if (this.onAbort) this.signal!.removeEventListener("abort", this.onAbort);
-    this.side.lock.release();
+    this.side.release();
   }
 }

@@ -73,7 +73,7 @@ export async function serve(options: ServeOptions, handler: Handler): Promise<ht
 }
 
 async function upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer, options: ServeOptions, handler: Handler): Promise<void> {
-  socket.on("error", () => socket.destroy());
+  socket.on("error", destroySocket);
   if (options.path !== undefined && pathOf(req.url) !== options.path) {
     socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", () => socket.destroy());
     return;
@@ -84,20 +84,30 @@ async function upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer, 
   } catch {
     return; // accept answered the HTTP error already
   }
+  // The connection handles socket errors from now on.
+  socket.off("error", destroySocket);
   let result: void | Promise<void>;
   try {
     result = handler(conn, req);
   } catch {
-    return failHandler(conn);
+    return failHandler.call(conn);
   }
   // Not awaited here: this frame would keep `req` (and `head`) alive for as
   // long as the connection lives.
-  if (result !== undefined && typeof result.then === "function") Promise.resolve(result).catch(() => failHandler(conn));
+  if (result !== undefined && typeof result.then === "function") Promise.resolve(result).catch(failHandler.bind(conn));
 }
 
-function failHandler(conn: Conn): void {
-  conn.close(StatusCode.InternalError, "handler failed").catch(() => undefined);
+/** failHandler closes a connection whose handler threw or rejected (bound: smaller than a closure). */
+function failHandler(this: Conn): void {
+  this.close(StatusCode.InternalError, "handler failed").catch(noop);
 }
+
+/** destroySocket is the socket's error listener until the connection takes over. */
+function destroySocket(this: Duplex): void {
+  this.destroy();
+}
+
+function noop(): void {}
 
 function pathOf(url: string | undefined): string {
   const path = url ?? "/";

@@ -59,22 +59,32 @@ export interface WriteCompression {
   threshold: number;
   /** Off after enableWriteCompression(false). */
   enabled: boolean;
+  /** The LZ77 window this end's compressor may use (RFC 7692 §7.1.2). */
+  windowBits: number;
+}
+
+/** A write waiting for the socket to drain. */
+interface DrainWaiter {
+  resolve(): void;
+  reject(err: unknown): void;
 }
 
 /** A send step: true/false as socket.write returns, or a promise of it. */
 type Send = () => boolean | Promise<boolean>;
 
-/** WriteSide owns the outgoing frames of one connection. */
-export class WriteSide {
-  /** Held by a write or writer for the whole message. */
-  readonly lock = new AbortableLock();
+/**
+ * WriteSide owns the outgoing frames of one connection. It is its own write
+ * lock, held by a write or writer for one whole message.
+ */
+export class WriteSide extends AbortableLock {
   /** Set when permessage-deflate was negotiated. */
   compression: WriteCompression | undefined;
   /** The most bytes of messages that may wait for the write lock. */
   writeQueueLimit = DEFAULT_WRITE_QUEUE_LIMIT;
   private queued = 0;
   private error: CloseError | undefined;
-  private drainWaiters: Array<{ resolve(): void; reject(err: unknown): void }> = [];
+  /** Writes waiting for the socket to drain; made when the first one waits. */
+  private drainWaiters: DrainWaiter[] | undefined;
   /** The socket is corked by writeBatched until the next tick. */
   private batching = false;
 
@@ -82,7 +92,9 @@ export class WriteSide {
     private readonly socket: Socket,
     private readonly masked: boolean,
     readonly host: WriteHost,
-  ) {}
+  ) {
+    super();
+  }
 
   /**
    * writeFrame is the one place a frame leaves: header and payload in one
@@ -191,14 +203,14 @@ export class WriteSide {
   private submit(send: Send, signal: AbortSignal | undefined, size: number): Promise<void> {
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.error) return Promise.reject(this.error);
-    if (this.lock.tryAcquire()) return this.sendLocked(send, signal);
+    if (this.tryAcquire()) return this.sendLocked(send, signal);
     if (this.queued > 0 && this.queued + size > this.writeQueueLimit) {
       return Promise.reject(
         codedError(ErrorCode.WriteQueueFull, `failed to write: ${this.queued} bytes already wait, the limit is ${this.writeQueueLimit}`),
       );
     }
     this.queued += size;
-    return this.lock.acquire(signal).then(
+    return this.acquire(signal).then(
       () => {
         this.queued -= size;
         return this.sendLocked(send, signal);
@@ -217,12 +229,12 @@ export class WriteSide {
 
   private sendLocked(send: Send, signal: AbortSignal | undefined): Promise<void> {
     if (this.error) {
-      this.lock.release();
+      this.release();
       return Promise.reject(this.error);
     }
     const sent = send();
     if (sent === true) {
-      this.lock.release();
+      this.release();
       return RESOLVED;
     }
     if (sent !== false) return this.afterCompression(sent, signal);
@@ -237,11 +249,11 @@ export class WriteSide {
   private afterCompression(sent: Promise<boolean>, signal: AbortSignal | undefined): Promise<void> {
     return sent.then(
       (ok) => {
-        if (ok) return void this.lock.release();
+        if (ok) return void this.release();
         return this.waitDrainLocked(signal);
       },
       (err: unknown) => {
-        this.lock.release();
+        this.release();
         this.host.fail(1011, ErrorCode.AbortedMidMessage, "compression failed");
         throw err;
       },
@@ -251,8 +263,8 @@ export class WriteSide {
   private waitDrainLocked(signal: AbortSignal | undefined): Promise<void> {
     const drained = this.drained(signal);
     drained.then(
-      () => this.lock.release(),
-      () => this.lock.release(),
+      () => this.release(),
+      () => this.release(),
     );
     return drained;
   }
@@ -272,8 +284,8 @@ export class WriteSide {
     return new Promise<void>((resolve, reject) => {
       const waiter = { resolve, reject };
       // Listen only while someone waits: an idle connection holds no listener.
-      if (this.drainWaiters.length === 0) this.socket.once("drain", () => this.onDrain());
-      this.drainWaiters.push(waiter);
+      if (!this.drainWaiters?.length) this.socket.once("drain", () => this.onDrain());
+      (this.drainWaiters ??= []).push(waiter);
       if (signal === undefined) return;
       const onAbort = (): void => {
         this.removeWaiter(waiter);
@@ -296,10 +308,10 @@ export class WriteSide {
   terminate(err: CloseError): void {
     if (this.error) return;
     this.error = err;
-    this.lock.fail(err);
+    this.fail(err);
     const waiters = this.drainWaiters;
-    this.drainWaiters = [];
-    for (const waiter of waiters) waiter.reject(err);
+    this.drainWaiters = undefined;
+    for (const waiter of waiters ?? []) waiter.reject(err);
   }
 
   get failure(): CloseError | undefined {
@@ -308,14 +320,14 @@ export class WriteSide {
 
   private onDrain(): void {
     const waiters = this.drainWaiters;
-    if (waiters.length === 0) return;
-    this.drainWaiters = [];
+    if (waiters === undefined || waiters.length === 0) return;
+    this.drainWaiters = undefined;
     for (const waiter of waiters) waiter.resolve();
   }
 
-  private removeWaiter(waiter: { resolve(): void; reject(err: unknown): void }): void {
-    const index = this.drainWaiters.indexOf(waiter);
-    if (index >= 0) this.drainWaiters.splice(index, 1);
+  private removeWaiter(waiter: DrainWaiter): void {
+    const index = this.drainWaiters?.indexOf(waiter) ?? -1;
+    if (index >= 0) this.drainWaiters!.splice(index, 1);
   }
 }
 
@@ -338,7 +350,7 @@ class MessageWritable extends Writable {
     private readonly signal: AbortSignal | undefined,
   ) {
     super({ decodeStrings: true });
-    this.ready = side.lock.acquire(signal).then(() => {
+    this.ready = side.acquire(signal).then(() => {
       this.holdsLock = true;
       if (this.destroyed) this.releaseLock();
     });
@@ -410,6 +422,6 @@ class MessageWritable extends Writable {
     if (!this.holdsLock) return;
     this.holdsLock = false;
     if (this.onAbort) this.signal!.removeEventListener("abort", this.onAbort);
-    this.side.lock.release();
+    this.side.release();
   }
 }

@@ -216,13 +216,17 @@ function socketPaused(conn: Conn): boolean {
   return (conn as unknown as { socket: { isPaused(): boolean } }).socket.isPaused();
 }
 
+/** readSide peeks at a Conn's read side (private, for these tests only). */
+function readSide(conn: Conn): { paused: boolean; receiving?: { size: number } } {
+  return (conn as unknown as { inbound: { reads: { paused: boolean; receiving?: { size: number } } } }).inbound.reads;
+}
+
 function readSidePaused(conn: Conn): boolean {
-  return (conn as unknown as { reads: { paused: boolean } }).reads.paused;
+  return readSide(conn).paused;
 }
 
 function receivingSize(conn: Conn): number {
-  const reads = (conn as unknown as { reads: { receiving?: { size: number } } }).reads;
-  return reads.receiving?.size ?? -1;
+  return readSide(conn).receiving?.size ?? -1;
 }
 
 t.test("invalid compressed data fails with 1007, on both sides", async (t) => {

@@ -5,9 +5,11 @@
  * off, and a ping settles on abort and on close.
  */
 
+import { readFileSync } from "node:fs";
 import t from "tap";
 import { CloseError, dial, MessageType } from "../src/index.js";
 import { echo } from "./helpers/peers.js";
+import { frame, Op, rawConnect } from "./helpers/raw-peer.js";
 import {
   AsyncQueue,
   hasSettled,
@@ -150,3 +152,47 @@ t.test("ping rejects with CloseError when the connection closes", async (t) => {
   p.client.closeNow();
   t.match(await dropped, { code: 1006 }, "a dropped connection rejects pending pings with 1006");
 });
+
+t.test("a peer that stops reading gets one pong, for its latest ping, once the socket drains (§5.5.3)", async (t) => {
+  const pings = new AsyncQueue<string>();
+  const srv = await startWsconnServer({ onPing: (payload) => pings.push(payload.toString()) });
+  t.teardown(() => srv.close());
+  const peer = await rawConnect(srv.port);
+  t.teardown(() => peer.destroy());
+  const { conn, socket } = await srv.next();
+  peer.socket.pause();
+  // One message larger than the kernel can absorb (the sender's and the
+  // receiver's socket buffers at their largest): the server's socket stays
+  // full until the peer reads again.
+  const big = Buffer.alloc(kernelBufferLimit() + 1024 * 1024);
+  const pending = conn.write(MessageType.Binary, big);
+  t.ok(socket.writableNeedDrain, "the server's socket is full");
+  await peer.send([frame.ping("p1"), frame.ping("p2"), frame.ping("p3")]);
+  for (const want of ["p1", "p2", "p3"]) t.equal(await pings.shift(), want, `the server parsed ${want}`);
+  peer.socket.resume();
+  await pending;
+  await conn.write(MessageType.Text, "end");
+  const pongs: string[] = [];
+  let binaries = 0;
+  for (;;) {
+    const f = await peer.nextFrame();
+    if (f === null || f === "timeout") return t.fail(`stream ended early: ${String(f)}`);
+    if (f.opcode === Op.Pong) pongs.push(f.payload.toString());
+    if (f.opcode === Op.Binary) binaries++;
+    if (f.opcode === Op.Text) break;
+  }
+  t.equal(binaries, 1, "the big message arrived");
+  t.same(pongs, ["p3"], "one pong, for the latest ping");
+});
+
+/** kernelBufferLimit is the most a TCP socket pair can hold in the kernel: tcp_wmem max + tcp_rmem max (Linux; 64 MiB elsewhere). */
+function kernelBufferLimit(): number {
+  try {
+    const max = (file: string): number => Number(readFileSync(file, "utf8").trim().split(/\s+/)[2]);
+    const total = max("/proc/sys/net/ipv4/tcp_wmem") + max("/proc/sys/net/ipv4/tcp_rmem");
+    if (Number.isFinite(total) && total > 0) return total;
+  } catch {
+    // not Linux
+  }
+  return 64 * 1024 * 1024;
+}

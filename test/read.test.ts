@@ -314,3 +314,23 @@ t.test("text messages are validated across fragments: invalid UTF-8 fails with 1
   t.match(await rejection(conn.read()), { code: 1007 });
   t.equal((await wsClose).code, 1007);
 });
+
+t.test("iteration throws 1009 for a queued message over a read limit lowered while it waited", async (t) => {
+  const p = await pair();
+  t.teardown(p.close);
+  await p.client.write(MessageType.Text, "small");
+  await p.client.write(MessageType.Binary, Buffer.alloc(100));
+  const conn = p.peer.conn;
+  const messages = conn[Symbol.asyncIterator]();
+  const first = await messages.next();
+  t.equal(first.done ? undefined : first.value.text(), "small");
+  // The pong comes after the 100-byte message on the wire: once it is back,
+  // that message waits whole in the queue.
+  await conn.ping();
+  conn.setReadLimit(10);
+  const err = await rejection(messages.next());
+  t.type(err, CloseError);
+  t.match(err, { code: 1009, errorCode: ErrorCode.MessageTooBig }, "the loop throws the 1009 it closed with");
+  t.same(await messages.next(), { done: true, value: undefined }, "and is over");
+  t.match(await p.client.closed, { code: 1009 }, "the peer got the 1009");
+});

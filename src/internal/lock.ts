@@ -11,18 +11,22 @@ interface Waiter {
   done: boolean;
 }
 
-/** AbortableLock serializes reads or writes of one connection. */
+/**
+ * AbortableLock serializes reads or writes of one connection. The read and
+ * write sides extend it, each being its own lock: two objects less per
+ * connection. Its four fields are all an idle lock costs.
+ */
 export class AbortableLock {
   private held = false;
   /** Waiters in order; the shared empty array until someone waits. */
   private queue: Waiter[] = NO_WAITERS;
   private head = 0;
-  private failure: unknown;
-  private failed = false;
+  /** What `fail` was given; NOT_FAILED until then. */
+  private failReason: unknown = NOT_FAILED;
 
   /** tryAcquire takes the lock when it is free and nobody waits. */
   tryAcquire(): boolean {
-    if (this.held || this.failed || this.head < this.queue.length) return false;
+    if (this.held || this.failReason !== NOT_FAILED || this.head < this.queue.length) return false;
     this.held = true;
     return true;
   }
@@ -33,7 +37,7 @@ export class AbortableLock {
    * given to `fail`.
    */
   acquire(signal?: AbortSignal): Promise<void> {
-    if (this.failed) return Promise.reject(this.failure);
+    if (this.failReason !== NOT_FAILED) return Promise.reject(this.failReason);
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.tryAcquire()) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
@@ -66,9 +70,8 @@ export class AbortableLock {
 
   /** fail rejects every waiter and every later acquire with `err`. */
   fail(err: unknown): void {
-    if (this.failed) return;
-    this.failed = true;
-    this.failure = err;
+    if (this.failReason !== NOT_FAILED) return;
+    this.failReason = err;
     for (let i = this.head; i < this.queue.length; i++) this.settle(this.queue[i]!, err);
     this.queue = NO_WAITERS;
     this.head = 0;
@@ -99,6 +102,9 @@ export class AbortableLock {
     }
   }
 }
+
+/** Marks a lock that has not failed (`fail` may be given any value, even undefined). */
+const NOT_FAILED: unique symbol = Symbol("not failed");
 
 /** Never written to: an idle lock (most of them) holds no array of its own. */
 const NO_WAITERS: Waiter[] = [];
