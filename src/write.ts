@@ -12,7 +12,7 @@ import type { CloseError } from "./close.js";
 import { codedError, ErrorCode } from "./errors.js";
 import { firstHeaderByte, frameHeaderSize, MessageType, Opcode, writeFrameHeader } from "./frame.js";
 import { AbortableLock } from "./internal/lock.js";
-import { maskInPlace } from "./mask.js";
+import { maskInto, readMaskWord } from "./mask.js";
 import type { MessageDeflater } from "./deflate.js";
 import type { PreparedFrame } from "./prepared.js";
 
@@ -108,8 +108,9 @@ export class WriteSide extends AbortableLock {
     if (this.masked || length <= COALESCE_LIMIT) {
       const frame = Buffer.allocUnsafe(headerSize + length);
       const offset = writeFrameHeader(frame, 0, firstByte, length, this.masked);
-      frame.set(payload, offset);
-      if (this.masked) maskInPlace(frame.subarray(offset), frame.subarray(offset - 4, offset));
+      // A client copies and masks in one pass: the caller's bytes stay as they were.
+      if (this.masked) maskInto(frame, offset, payload, readMaskWord(frame, offset - 4));
+      else frame.set(payload, offset);
       return this.writeBatched(frame);
     }
     const header = Buffer.allocUnsafe(headerSize);

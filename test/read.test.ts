@@ -322,6 +322,7 @@ t.test("iteration throws 1009 for a queued message over a read limit lowered whi
   await p.client.write(MessageType.Binary, Buffer.alloc(100));
   const conn = p.peer.conn;
   const messages = conn[Symbol.asyncIterator]();
+  t.equal(messages[Symbol.asyncIterator](), messages, "the iterator is its own iterable");
   const first = await messages.next();
   t.equal(first.done ? undefined : first.value.text(), "small");
   // The pong comes after the 100-byte message on the wire: once it is back,

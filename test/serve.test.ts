@@ -137,6 +137,46 @@ t.test("a bad handshake gets accept's HTTP error and the server keeps serving", 
   t.equal(handled, 1, "only the good handshake reached the handler");
 });
 
+t.test("a client that resets during an async origin check: the refusal's write error is handled, the server keeps serving", async (t) => {
+  let handled = 0;
+  let checks = 0;
+  let entered!: () => void;
+  const inCheck = new Promise<void>((resolve) => (entered = resolve));
+  let clientGone!: () => void;
+  const gone = new Promise<void>((resolve) => (clientGone = resolve));
+  let serverSocketClosed!: Promise<boolean>;
+  const { port } = await startServe(
+    t,
+    {
+      checkOrigin: async (req) => {
+        if (checks++ > 0) return true;
+        // Not events.once: that would reject on the very 'error' serve must handle.
+        serverSocketClosed = new Promise((resolve) => req.socket.once("close", resolve));
+        entered();
+        await gone;
+        return false; // the 403 is written to a socket the peer has reset
+      },
+    },
+    (conn) => {
+      handled++;
+      void conn.close(4000, "seen");
+    },
+  );
+  const socket = net.connect(port, "127.0.0.1");
+  socket.on("error", () => undefined);
+  await once(socket, "connect");
+  socket.write("GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n");
+  await inCheck;
+  socket.resetAndDestroy();
+  await once(socket, "close");
+  clientGone();
+  t.equal(await serverSocketClosed, true, "writing the refusal failed on the server");
+  const conn = await dial(`ws://127.0.0.1:${port}`);
+  t.teardown(() => conn.closeNow());
+  t.match(await conn.closed, { code: 4000 }, "the server still serves");
+  t.equal(handled, 1, "only the second connection reached the handler");
+});
+
 t.test("an oversized request head gets 431", async (t) => {
   const { port } = await startServe(t, {}, () => undefined);
   const big = `GET / HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(SERVE_MAX_HEADER_SIZE)}\r\n\r\n`;
