@@ -12,10 +12,21 @@ import { maskWithWord, readMaskWord } from "./mask.js";
 
 /** FrameSink receives what the parser finds, in wire order. */
 export interface FrameSink {
-  /** A text, binary or continuation frame begins. */
-  onDataFrame(opcode: number, fin: boolean, rsv1: boolean, length: number): void;
+  /**
+   * A text, binary or continuation frame begins. Returning true asks for its
+   * payload still masked, through onMaskedPayload (a sink that copies the
+   * payload anyway unmasks it in the same pass).
+   */
+  onDataFrame(opcode: number, fin: boolean, rsv1: boolean, length: number): boolean | void;
   /** Unmasked payload bytes of the current data frame; the sink may keep them. */
   onDataPayload(chunk: Buffer): void;
+  /**
+   * Payload bytes of the current data frame as they arrived, masked with
+   * `maskKey` (as readMaskWord gives it; 0 for an unmasked frame) from key
+   * byte `phase`; only for a frame whose onDataFrame returned true. The sink
+   * must not keep `chunk`.
+   */
+  onMaskedPayload?(chunk: Buffer, maskKey: number, phase: number): void;
   /** The current data frame ended; `fin` ends the message. */
   onDataFrameEnd(fin: boolean): void;
   /** A whole control frame (close, ping or pong). */
@@ -53,6 +64,8 @@ export class FrameParser {
   private payloadSeen = 0;
   private control: Buffer | undefined;
   private inFragmentedMessage = false;
+  /** The current data frame's payload goes to onMaskedPayload, still masked. */
+  private passMasked = false;
   private stopped = false;
   private suspended = false;
   /** Bytes held while suspended; made the first time the parser is. */
@@ -209,16 +222,20 @@ export class FrameParser {
     }
     this.inFragmentedMessage = !this.fin;
     this.control = undefined;
-    this.sink.onDataFrame(op, this.fin, rsv1, length);
+    this.passMasked = this.sink.onDataFrame(op, this.fin, rsv1, length) === true;
   }
 
   private readPayload(chunk: Buffer, pos: number): number {
     const n = Math.min(this.payloadLeft, chunk.length - pos);
     if (n > 0) {
       const data = chunk.subarray(pos, pos + n);
-      if (this.expectMasked) maskWithWord(data, this.maskKey, this.payloadSeen);
-      if (this.control) data.copy(this.control, this.payloadSeen);
-      else this.sink.onDataPayload(data);
+      if (this.passMasked && this.control === undefined) {
+        this.sink.onMaskedPayload!(data, this.expectMasked ? this.maskKey : 0, this.payloadSeen);
+      } else {
+        if (this.expectMasked) maskWithWord(data, this.maskKey, this.payloadSeen);
+        if (this.control) data.copy(this.control, this.payloadSeen);
+        else this.sink.onDataPayload(data);
+      }
       this.payloadSeen += n;
       this.payloadLeft -= n;
     }

@@ -65,13 +65,18 @@ export class Inbound implements FrameSink, ReadHost {
 
   // ---- FrameSink ----
 
-  onDataFrame(opcode: number, _fin: boolean, rsv1: boolean, length: number): void {
+  onDataFrame(opcode: number, fin: boolean, rsv1: boolean, length: number): boolean {
     if (opcode !== Opcode.Continuation) {
-      if (!this.reads.startMessage(opcode as MessageType)) return;
+      if (!this.reads.startMessage(opcode as MessageType)) return false;
       this.compressedMessage = rsv1;
     }
     // Compressed frames are checked as they inflate: their size says nothing.
-    if (!this.compressedMessage) this.reads.admitsFrame(length);
+    if (this.compressedMessage || !this.reads.admitsFrame(length)) return false;
+    return this.reads.assemblesInPlace(fin, length);
+  }
+
+  onMaskedPayload(chunk: Buffer, maskKey: number, phase: number): void {
+    this.reads.appendMaskedPayload(chunk, maskKey, phase);
   }
 
   onDataPayload(chunk: Buffer): void {

@@ -48,11 +48,14 @@ export function maskWithWord(data: Uint8Array, word: number, phase = 0): void {
 }
 
 /**
- * maskInto writes `source` masked with `word` (as readMaskWord returns it) into
- * `target` at `offset`: the copy and the masking of a client frame's payload
- * in one step, leaving `source` as it was.
+ * maskInto writes `source` masked with `word` (as readMaskWord returns it),
+ * from key byte `phase`, into `target` at `offset`: a copy and the masking in
+ * one step (a client frame's payload, a received message put together),
+ * leaving `source` as it was.
  */
-export function maskInto(target: Uint8Array, offset: number, source: Uint8Array, word: number): void {
+export function maskInto(target: Uint8Array, offset: number, source: Uint8Array, word: number, phase = 0): void {
+  if (word === 0) return void target.set(source, offset); // no mask, or the all-zero key
+  word = rotateKey(word, phase);
   const n = source.length;
   if (n < WORD_MASK_THRESHOLD) {
     for (let i = 0; i < n; i++) target[offset + i] = source[i]! ^ (word >> (24 - ((i & 3) << 3)));

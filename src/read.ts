@@ -14,6 +14,7 @@ import { ErrorCode } from "./errors.js";
 import { MessageType } from "./frame.js";
 import { AbortableLock } from "./internal/lock.js";
 import { Utf8Validator } from "./internal/utf8.js";
+import { maskInto } from "./mask.js";
 
 /** Message is one data message returned by `Conn.read`. */
 export interface Message {
@@ -79,6 +80,8 @@ class InboundMessage {
   discard = false;
   /** The message queued after it. */
   next: InboundMessage | undefined;
+  /** Its whole payload, when it is assembled in place (see assemblesInPlace). */
+  whole: Buffer | undefined;
 
   constructor(readonly type: MessageType) {}
 
@@ -95,6 +98,12 @@ class InboundMessage {
 
 /** Unread bytes past which the socket is paused. */
 export const READ_HIGH_WATER_MARK = 256 * 1024;
+
+/**
+ * Single-frame messages from this size on are assembled in place: smaller
+ * ones mostly arrive in one socket read, with nothing to copy together.
+ */
+const ASSEMBLE_MIN = 16 * 1024;
 
 /**
  * What a queued message costs besides its payload (its objects, about 140
@@ -177,6 +186,34 @@ export class ReadSide extends AbortableLock {
     if (this.error || !message.claimed || message.declared <= this.readLimit) return true;
     this.failTooBig(message.declared);
     return false;
+  }
+
+  /**
+   * assemblesInPlace decides, as a message's only frame begins, to unmask its
+   * payload straight into one buffer of the frame's size (appendMaskedPayload)
+   * instead of unmasking each socket chunk in place and copying them all
+   * together when the message is read: one pass over the bytes less. Only
+   * for frames that span several socket reads, and at most
+   * READ_HIGH_WATER_MARK, the unread bytes a connection may hold anyway.
+   */
+  assemblesInPlace(fin: boolean, length: number): boolean {
+    const message = this.receiving!;
+    if (!fin || message.size !== 0 || length < ASSEMBLE_MIN || length > READ_HIGH_WATER_MARK || this.error || message.discard) {
+      return false;
+    }
+    message.whole = Buffer.allocUnsafe(length);
+    return true;
+  }
+
+  /**
+   * appendMaskedPayload unmasks payload bytes into the message's buffer, then
+   * adds them as appendPayload does. `offset` is where `chunk` starts in the
+   * frame's payload, and so in the buffer and in the mask key's cycle.
+   */
+  appendMaskedPayload(chunk: Buffer, maskKey: number, offset: number): void {
+    const whole = this.receiving!.whole!;
+    maskInto(whole, offset, chunk, maskKey, offset);
+    this.appendPayload(whole.subarray(offset, offset + chunk.length));
   }
 
   /** appendPayload adds (decompressed) payload bytes to the message being received. */
@@ -440,6 +477,10 @@ export class ReadSide extends AbortableLock {
     const count = chunks.length - taken;
     if (!message.buffersWhole) this.consumed(message.size + count * CHUNK_COST);
     if (count === 1) return new ReceivedMessage(message.type, chunks[taken]!);
+    // Assembled in place: the chunks are consecutive views of one buffer.
+    if (message.whole !== undefined && taken === 0 && message.size === message.whole.length) {
+      return new ReceivedMessage(message.type, message.whole);
+    }
     if (count === 0) return new ReceivedMessage(message.type, EMPTY);
     return new ReceivedMessage(message.type, Buffer.concat(taken === 0 ? chunks : chunks.slice(taken), message.size));
   }

@@ -3,6 +3,7 @@
  * async iteration and the messages still readable after a close.
  */
 
+import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import type { Readable } from "node:stream";
 import t from "tap";
@@ -18,6 +19,7 @@ import {
   wsClosed,
   wsSendFragments,
 } from "./helpers/interop.js";
+import { frame, rawConnect, type Chop } from "./helpers/raw-peer.js";
 
 /** nextChunk resolves with the next chunk a paused-mode stream delivers. */
 function nextChunk(stream: Readable): Promise<Buffer> {
@@ -334,4 +336,35 @@ t.test("iteration throws 1009 for a queued message over a read limit lowered whi
   t.match(err, { code: 1009, errorCode: ErrorCode.MessageTooBig }, "the loop throws the 1009 it closed with");
   t.same(await messages.next(), { done: true, value: undefined }, "and is over");
   t.match(await p.client.closed, { code: 1009 }, "the peer got the 1009");
+});
+
+t.test("single-frame messages from 16 KiB are unmasked straight into one buffer: same bytes by read and reader, any chunking, any key", async (t) => {
+  const srv = await startWsconnServer({ readLimit: 1 << 20 });
+  t.teardown(() => srv.close());
+  const peer = await rawConnect(srv.port);
+  t.teardown(() => peer.destroy());
+  const { conn } = await srv.next();
+  const cases: Array<[string, number, Buffer, Chop]> = [
+    ["16 KiB, random key, whole", 16 * 1024, randomBytes(4), "whole"],
+    ["40000 B, all-zero key, 1000-byte chunks", 40_000, Buffer.alloc(4), 1000],
+    ["70000 B, random key, 997-byte chunks", 70_000, randomBytes(4), 997],
+    ["256 KiB (the largest assembled), random key, 65536-byte chunks", 256 * 1024, randomBytes(4), 65536],
+    ["256 KiB + 1 (copied together at the end instead)", 256 * 1024 + 1, randomBytes(4), 65536],
+  ];
+  for (const [name, size, mask, chop] of cases) {
+    const payload = randomBytes(size);
+    await peer.send([frame.binary(payload, { mask })], chop);
+    t.ok((await conn.read()).data.equals(payload), `read: ${name}`);
+    await peer.send([frame.binary(payload, { mask })], chop);
+    const { stream } = await conn.reader();
+    const chunks: Buffer[] = [];
+    for await (const c of stream) chunks.push(c as Buffer);
+    t.ok(Buffer.concat(chunks).equals(payload), `reader: ${name}`);
+  }
+  // A text message is validated as its bytes are unmasked into place.
+  const text = Buffer.alloc(20_000, 0x61);
+  text[19_000] = 0xff;
+  await peer.send([frame.text(text)], 4096);
+  const err = await rejection(conn.read());
+  t.match(err, { code: 1007, errorCode: ErrorCode.InvalidUtf8 }, "invalid UTF-8 in an assembled text message fails with 1007");
 });
