@@ -72,11 +72,11 @@ export class Inbound implements FrameSink, ReadHost {
     }
     // Compressed frames are checked as they inflate: their size says nothing.
     if (this.compressedMessage || !this.reads.admitsFrame(length)) return false;
-    return this.reads.assemblesInPlace(fin, length);
+    return this.reads.keepsMasked(fin, length);
   }
 
-  onMaskedPayload(chunk: Buffer, maskKey: number, phase: number): void {
-    this.reads.appendMaskedPayload(chunk, maskKey, phase);
+  onMaskedPayload(chunk: Buffer, maskKey: number): void {
+    this.reads.appendMaskedPayload(chunk, maskKey);
   }
 
   onDataPayload(chunk: Buffer): void {

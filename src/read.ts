@@ -14,7 +14,7 @@ import { ErrorCode } from "./errors.js";
 import { MessageType } from "./frame.js";
 import { AbortableLock } from "./internal/lock.js";
 import { Utf8Validator } from "./internal/utf8.js";
-import { maskInto } from "./mask.js";
+import { maskInto, maskWithWord } from "./mask.js";
 
 /** Message is one data message returned by `Conn.read`. */
 export interface Message {
@@ -80,8 +80,13 @@ class InboundMessage {
   discard = false;
   /** The message queued after it. */
   next: InboundMessage | undefined;
-  /** Its whole payload, when it is assembled in place (see assemblesInPlace). */
-  whole: Buffer | undefined;
+  /**
+   * The mask key its chunks are still masked with (see keepsMasked), as
+   * readMaskWord gives it; 0 once they are plain (or were never masked).
+   */
+  maskKey = 0;
+  /** Bytes taken off its chunks so far: where the next chunk is in the mask key's cycle. */
+  takenBytes = 0;
 
   constructor(readonly type: MessageType) {}
 
@@ -89,10 +94,34 @@ class InboundMessage {
     return this.taken < this.chunks.length;
   }
 
+  /** nextChunk takes the next chunk, unmasked. */
   nextChunk(): Buffer {
     const chunk = this.chunks[this.taken]!;
     this.chunks[this.taken++] = undefined as unknown as Buffer;
+    if (this.maskKey !== 0) maskWithWord(chunk, this.maskKey, this.takenBytes);
+    this.takenBytes += chunk.length;
     return chunk;
+  }
+
+  /**
+   * takeRest takes the chunks not taken yet as one unmasked buffer: a still
+   * masked message is unmasked in the same pass that copies it together.
+   */
+  takeRest(): Buffer {
+    const { chunks, taken } = this;
+    const count = chunks.length - taken;
+    if (count === 0) return EMPTY;
+    if (count === 1) return this.nextChunk();
+    const rest = Buffer.allocUnsafe(this.size - this.takenBytes);
+    let offset = 0;
+    for (let i = taken; i < chunks.length; i++) {
+      const chunk = chunks[i]!;
+      maskInto(rest, offset, chunk, this.maskKey, this.takenBytes + offset);
+      offset += chunk.length;
+    }
+    this.taken = chunks.length;
+    this.takenBytes = this.size;
+    return rest;
   }
 }
 
@@ -100,10 +129,11 @@ class InboundMessage {
 export const READ_HIGH_WATER_MARK = 256 * 1024;
 
 /**
- * Single-frame messages from this size on are assembled in place: smaller
- * ones mostly arrive in one socket read, with nothing to copy together.
+ * Single-frame binary messages from this size on stay masked until they are
+ * read: smaller ones mostly arrive in one socket read, with nothing to copy
+ * together.
  */
-const ASSEMBLE_MIN = 16 * 1024;
+const KEEP_MASKED_MIN = 16 * 1024;
 
 /**
  * What a queued message costs besides its payload (its objects, about 140
@@ -189,31 +219,26 @@ export class ReadSide extends AbortableLock {
   }
 
   /**
-   * assemblesInPlace decides, as a message's only frame begins, to unmask its
-   * payload straight into one buffer of the frame's size (appendMaskedPayload)
-   * instead of unmasking each socket chunk in place and copying them all
-   * together when the message is read: one pass over the bytes less. Only
-   * for frames that span several socket reads, and at most
-   * READ_HIGH_WATER_MARK, the unread bytes a connection may hold anyway.
+   * keepsMasked decides, as a message's only frame begins, to queue its
+   * payload still masked (appendMaskedPayload) and unmask it when it is
+   * taken: a message in several socket chunks is then unmasked in the same
+   * pass that copies it together, one pass over its bytes less. Only binary
+   * messages: text is validated as it arrives.
    */
-  assemblesInPlace(fin: boolean, length: number): boolean {
+  keepsMasked(fin: boolean, length: number): boolean {
     const message = this.receiving!;
-    if (!fin || message.size !== 0 || length < ASSEMBLE_MIN || length > READ_HIGH_WATER_MARK || this.error || message.discard) {
-      return false;
-    }
-    message.whole = Buffer.allocUnsafe(length);
-    return true;
+    return fin && message.type === MessageType.Binary && message.size === 0 && length >= KEEP_MASKED_MIN && !this.error;
   }
 
   /**
-   * appendMaskedPayload unmasks payload bytes into the message's buffer, then
-   * adds them as appendPayload does. `offset` is where `chunk` starts in the
-   * frame's payload, and so in the buffer and in the mask key's cycle.
+   * appendMaskedPayload queues payload bytes as they arrived, masked with
+   * `maskKey` (0: not masked); the message's one frame began with
+   * keepsMasked, so the whole message has that key, and each chunk's place
+   * in the key's cycle is its offset in the message.
    */
-  appendMaskedPayload(chunk: Buffer, maskKey: number, offset: number): void {
-    const whole = this.receiving!.whole!;
-    maskInto(whole, offset, chunk, maskKey, offset);
-    this.appendPayload(whole.subarray(offset, offset + chunk.length));
+  appendMaskedPayload(chunk: Buffer, maskKey: number): void {
+    this.receiving!.maskKey = maskKey;
+    this.appendPayload(chunk);
   }
 
   /** appendPayload adds (decompressed) payload bytes to the message being received. */
@@ -476,13 +501,7 @@ export class ReadSide extends AbortableLock {
     const { chunks, taken } = message;
     const count = chunks.length - taken;
     if (!message.buffersWhole) this.consumed(message.size + count * CHUNK_COST);
-    if (count === 1) return new ReceivedMessage(message.type, chunks[taken]!);
-    // Assembled in place: the chunks are consecutive views of one buffer.
-    if (message.whole !== undefined && taken === 0 && message.size === message.whole.length) {
-      return new ReceivedMessage(message.type, message.whole);
-    }
-    if (count === 0) return new ReceivedMessage(message.type, EMPTY);
-    return new ReceivedMessage(message.type, Buffer.concat(taken === 0 ? chunks : chunks.slice(taken), message.size));
+    return new ReceivedMessage(message.type, message.takeRest());
   }
 
   private bytesQueued(message: InboundMessage): number {
