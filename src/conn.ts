@@ -22,6 +22,7 @@ import {
   type ConnInit,
 } from "./conn-options.js";
 import { Inbound } from "./inbound.js";
+import { noop } from "./internal/noop.js";
 import { MessageIterator } from "./message-iterator.js";
 import { PingTracker } from "./ping.js";
 import { PLAIN_VARIANT, type FrameVariant, type PreparedMessage } from "./prepared.js";
@@ -575,5 +576,3 @@ class RareState {
   /** The latest ping's payload, while the socket is too full to answer it. */
   pendingPong: Buffer | undefined;
 }
-
-function noop(): void {}

@@ -8,6 +8,7 @@
 
 import * as zlib from "node:zlib";
 import type { FrameVariant } from "./prepared.js";
+import { noop } from "./internal/noop.js";
 
 /** The bytes a sync flush ends with, removed from and added back to each message (§7.2.1). */
 const TAIL = Buffer.from([0x00, 0x00, 0xff, 0xff]);
@@ -252,5 +253,3 @@ export function compressedVariant(windowBits: number, level: number, threshold: 
     },
   };
 }
-
-function noop(): void {}

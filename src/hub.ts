@@ -18,6 +18,7 @@ import type { MessageType } from "./frame.js";
 import { BusLink, type Envelope } from "./hub-bus.js";
 import { ClientState, HubClient, wireSize, type ClientOwner } from "./hub-client.js";
 import { Heartbeat, normalizeHeartbeat } from "./hub-heartbeat.js";
+import { noop } from "./internal/noop.js";
 import {
   checkFlushTimeout,
   checkMaxQueuedBytes,
@@ -470,5 +471,3 @@ export class Hub<Meta = Record<string, unknown>> extends EventEmitter<HubEvents<
 function checkTopic(topic: string): void {
   if (typeof topic !== "string") throw new TypeError(`a topic must be a string, not ${typeof topic}`);
 }
-
-function noop(): void {}

@@ -10,6 +10,7 @@ import { accept, type AcceptOptions, DEFAULT_HANDSHAKE_TIMEOUT } from "./accept.
 import { StatusCode } from "./close.js";
 import type { Conn } from "./conn.js";
 import { hasToken } from "./handshake.js";
+import { noop } from "./internal/noop.js";
 
 /** The largest request head serve accepts, in bytes (Node's default is 16 KiB). */
 export const SERVE_MAX_HEADER_SIZE = 8 * 1024;
@@ -106,8 +107,6 @@ function failHandler(this: Conn): void {
 function destroySocket(this: Duplex): void {
   this.destroy();
 }
-
-function noop(): void {}
 
 function pathOf(url: string | undefined): string {
   const path = url ?? "/";

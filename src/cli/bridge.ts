@@ -18,6 +18,7 @@ import type { CloseInfo, Conn } from "../conn.js";
 import { MessageType } from "../frame.js";
 import { netConn } from "../netconn.js";
 import { describe, isNormalClose } from "./runtime.js";
+import { noop } from "../internal/noop.js";
 
 /** BridgeResult is how a bridged connection went, for the access log. */
 export interface BridgeResult {
@@ -41,7 +42,7 @@ export async function bridge(tcp: Socket, conn: Conn, started = performance.now(
   let error: string | undefined;
   const note = (err: unknown): void => void (error ??= describe(err));
   if (tcp.destroyed) {
-    await conn.close(StatusCode.NormalClosure).catch(() => undefined);
+    await conn.close(StatusCode.NormalClosure).catch(noop);
   } else {
     const tcpClosed = new Promise((resolve) => tcp.once("close", resolve));
     wire(tcp, conn, note);
@@ -57,7 +58,7 @@ function wire(tcp: Socket, conn: Conn, note: (err: unknown) => void): void {
     note(err);
     tcp.destroy();
     // Not 1000: the other side must see a failure, not an orderly end.
-    void conn.close(StatusCode.InternalError, "tcp connection failed").catch(() => undefined);
+    void conn.close(StatusCode.InternalError, "tcp connection failed").catch(noop);
   });
   ws.on("error", (err) => {
     const code = closeStatus(err);

@@ -14,6 +14,7 @@ import { dial } from "../dial.js";
 import { MessageType } from "../frame.js";
 import { checkUrl, DIAL_HELP, DIAL_OPTIONS, dialOptions, integer, parse, text, UsageError } from "./args.js";
 import { closeText, describe, isNormalClose, type Context } from "./runtime.js";
+import { noop } from "../internal/noop.js";
 
 /** How long /ping waits for its pong, in ms. */
 const PING_TIMEOUT = 10_000;
@@ -91,7 +92,7 @@ export async function connectCommand(args: string[], ctx: Context): Promise<numb
   if (ended === "eof") {
     await session.quiet(wait);
     session.closedByUs = true;
-    await conn.close(StatusCode.NormalClosure).catch(() => undefined);
+    await conn.close(StatusCode.NormalClosure).catch(noop);
   }
   await printing;
   return session.exitStatus(interactive);
@@ -166,7 +167,7 @@ class Session {
       const left = this.lastActivity + wait - performance.now();
       if (left <= 0) return;
       const timer = new AbortController();
-      await Promise.race([delay(left, undefined, { signal: timer.signal }).catch(() => undefined), this.conn.closed]);
+      await Promise.race([delay(left, undefined, { signal: timer.signal }).catch(noop), this.conn.closed]);
       timer.abort();
     }
   }
@@ -232,7 +233,7 @@ class Session {
     if (!isSendableCloseCode(code)) return this.complain(`close code ${rawCode} may not be sent (use 1000-1003, 1007-1014 or 3000-4999)`);
     if (Buffer.byteLength(reason) > MAX_CLOSE_REASON_BYTES) return this.complain(`a close reason holds at most ${MAX_CLOSE_REASON_BYTES} bytes`);
     this.closedByUs = true;
-    await this.conn.close(code, reason).catch(() => undefined);
+    await this.conn.close(code, reason).catch(noop);
     return false;
   }
 

@@ -7,6 +7,7 @@
 import { CloseError, StatusCode } from "../close.js";
 import type { Conn } from "../conn.js";
 import { HandshakeError } from "../errors.js";
+import { noop } from "../internal/noop.js";
 
 /** Context is what a command runs with: its streams, environment and shutdown. */
 export interface Context {
@@ -99,7 +100,7 @@ export class Shutdown {
 
   /** track adds a connection to close on shutdown (at once, if it has begun). */
   track(conn: Conn): void {
-    if (this.signal.aborted) return void conn.close(StatusCode.GoingAway, "shutting down").catch(() => undefined);
+    if (this.signal.aborted) return void conn.close(StatusCode.GoingAway, "shutting down").catch(noop);
     this.conns.add(conn);
     void conn.closed.then(() => this.conns.delete(conn));
   }
@@ -120,8 +121,8 @@ export class Shutdown {
 
   private async run(): Promise<void> {
     this.controller.abort(new Error("interrupted"));
-    const closing = [...this.conns].map((c) => c.close(StatusCode.GoingAway, "shutting down").catch(() => undefined));
-    const hooks = this.hooks.map((hook) => Promise.resolve().then(hook).catch(() => undefined));
+    const closing = [...this.conns].map((c) => c.close(StatusCode.GoingAway, "shutting down").catch(noop));
+    const hooks = this.hooks.map((hook) => Promise.resolve().then(hook).catch(noop));
     await Promise.all([...hooks, ...closing]);
   }
 }

@@ -4,6 +4,8 @@
  * the connection closes.
  */
 
+import { noop } from "./noop.js";
+
 interface Waiter {
   resolve(): void;
   reject(err: unknown): void;
@@ -108,5 +110,3 @@ const NOT_FAILED: unique symbol = Symbol("not failed");
 
 /** Never written to: an idle lock (most of them) holds no array of its own. */
 const NO_WAITERS: Waiter[] = [];
-
-function noop(): void {}
