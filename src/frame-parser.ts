@@ -208,6 +208,7 @@ export class FrameParser {
     }
     if (rsv1) return this.fail(ErrorCode.UnexpectedRsv, "RSV1 set on a control frame");
     this.control = Buffer.allocUnsafe(length);
+    this.passMasked = false;
   }
 
   private beginDataFrame(rsv1: boolean, length: number): void {
@@ -229,7 +230,7 @@ export class FrameParser {
     const n = Math.min(this.payloadLeft, chunk.length - pos);
     if (n > 0) {
       const data = chunk.subarray(pos, pos + n);
-      if (this.passMasked && this.control === undefined) {
+      if (this.passMasked) {
         this.sink.onMaskedPayload!(data, this.expectMasked ? this.maskKey : 0, this.payloadSeen);
       } else {
         if (this.expectMasked) maskWithWord(data, this.maskKey, this.payloadSeen);

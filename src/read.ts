@@ -317,7 +317,7 @@ export class ReadSide extends AbortableLock {
       if (head === undefined && !this.error) return this.readWhenNext(iteration);
       if (head !== undefined && head.complete) {
         const message = this.takeComplete();
-        if (message !== undefined) return Promise.resolve({ done: false, value: message });
+        if (message !== undefined) return Promise.resolve(toResult(message));
         const err = this.error;
         return new Promise((resolve) => resolve(iteration.end(err)));
       }
