@@ -9,17 +9,16 @@ import type { IncomingMessage, OutgoingHttpHeaders } from "node:http";
 import { STATUS_CODES } from "node:http";
 import type { Duplex } from "node:stream";
 import type { Socket } from "node:net";
-import { checkConnOptions, Conn, type ConnOptions } from "./conn.js";
+import { InboundBudget } from "./budget.js";
+import { checkConnOptions, Conn, DEFAULT_HANDSHAKE_TIMEOUT, type ConnOptions, type HandshakeTimeouts } from "./conn.js";
 import { codedError, ErrorCode, HandshakeError } from "./errors.js";
 import { acceptKey, checkHeaders, hasToken, headerList, isValidKey, singleHeader } from "./handshake.js";
 import { authorizeOrigin } from "./origin.js";
 import { checkCompressionOptions, selectOffer, settingsFor, type CompressionOptions } from "./compress.js";
-
-/** The default bound on the whole handshake, in ms. */
-export const DEFAULT_HANDSHAKE_TIMEOUT = 10_000;
+import { isNoTimeout } from "./internal/timeout.js";
 
 /** AcceptOptions configure `accept` (and `serve`). Every field is optional. */
-export interface AcceptOptions extends ConnOptions, CompressionOptions {
+export interface AcceptOptions extends ConnOptions, CompressionOptions, HandshakeTimeouts {
   /** Subprotocols this server speaks, in order of preference. Default none. */
   subprotocols?: string[];
   /**
@@ -35,8 +34,6 @@ export interface AcceptOptions extends ConnOptions, CompressionOptions {
   insecureSkipVerify?: boolean;
   /** checkOrigin replaces the origin policy: return true to accept. */
   checkOrigin?: (req: IncomingMessage) => boolean | Promise<boolean>;
-  /** handshakeTimeout bounds accept, in ms. Default 10000. */
-  handshakeTimeout?: number;
   /** Extra response headers, e.g. Set-Cookie. CR, LF and NUL are refused. */
   headers?: OutgoingHttpHeaders;
 }
@@ -62,7 +59,16 @@ export interface AcceptOptions extends ConnOptions, CompressionOptions {
  */
 export async function accept(req: IncomingMessage, socket: Duplex, head: Buffer, options: AcceptOptions = {}): Promise<Conn> {
   const sock = socket as Socket;
+  try {
+    checkHeaders(options.headers);
+    checkCompressionOptions(options);
+    checkConnOptions(options);
+  } catch (err) {
+    refuse(sock, 500, "server misconfigured");
+    throw err;
+  }
   const timeout = options.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT;
+  if (isNoTimeout(timeout)) return handshake(req, sock, head, options);
   let timer: NodeJS.Timeout | undefined;
   const expired = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
@@ -78,14 +84,6 @@ export async function accept(req: IncomingMessage, socket: Duplex, head: Buffer,
 }
 
 async function handshake(req: IncomingMessage, socket: Socket, head: Buffer, options: AcceptOptions): Promise<Conn> {
-  try {
-    checkHeaders(options.headers);
-    checkCompressionOptions(options);
-    checkConnOptions(options);
-  } catch (err) {
-    refuse(socket, 500, "server misconfigured");
-    throw err;
-  }
   const problem = validateRequest(req);
   if (problem) throw refuse(socket, problem.status, problem.message);
   let originProblem: string | undefined;
@@ -105,7 +103,8 @@ async function handshake(req: IncomingMessage, socket: Socket, head: Buffer, opt
   const extensions = compression?.response ?? "";
   socket.write(switchingProtocols(req, subprotocol, extensions, options.headers));
   const deflate = compression && settingsFor(compression.params, "server", extensions);
-  return new Conn(socket, head, { ...options, role: "server", subprotocol, deflate });
+  const inboundBudget = options.inboundBudget ?? InboundBudget.shared;
+  return new Conn(socket, head, { ...options, role: "server", subprotocol, deflate, inboundBudget });
 }
 
 /** validateRequest returns what is wrong with an upgrade request, if anything. */

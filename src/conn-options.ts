@@ -2,13 +2,18 @@
  * The options of a connection, how it reports its end, and their checks.
  */
 
+import type { InboundBudget } from "./budget.js";
 import type { DeflateSettings } from "./compress.js";
+import { checkTimeout } from "./internal/timeout.js";
 
 /** The default read limit in bytes, as in nhooyr's websocket. */
 export const DEFAULT_READ_LIMIT = 32768;
 
 /** How long close waits for the peer's close frame and TCP close, in ms. */
 export const DEFAULT_CLOSE_TIMEOUT = 5000;
+
+/** The default bound on a whole opening handshake (accept and dial), in ms. */
+export const DEFAULT_HANDSHAKE_TIMEOUT = 10_000;
 
 /** CloseInfo is how a connection ended, as `Conn.closed` reports it. */
 export interface CloseInfo {
@@ -32,7 +37,12 @@ export interface ConnOptions {
    * disables it. Memory per connection grows with it.
    */
   readLimit?: number;
-  /** closeTimeout bounds the close handshake in ms. Default 5000. */
+  /**
+   * closeTimeout bounds the close handshake in ms: past it the socket is
+   * destroyed. Default 5000; `Infinity` waits for the peer as long as it
+   * takes; 0 drops the connection as soon as the close frame is written.
+   * A RangeError for a finite value above 2^31−1.
+   */
   closeTimeout?: number;
   /** onPing is called with the payload of every ping received, from the read path. */
   onPing?: (payload: Buffer) => void;
@@ -47,6 +57,13 @@ export interface ConnOptions {
    * accepted, whatever its size. Default 8 MiB.
    */
   writeQueueLimit?: number;
+  /**
+   * inboundBudget is the bound, shared with other connections, on the bytes
+   * held for unfinished inbound messages (see InboundBudget). Default for
+   * `accept` and `serve`: `InboundBudget.shared`, 64 MiB for the whole
+   * process; for `dial`: none.
+   */
+  inboundBudget?: InboundBudget;
 }
 
 /** What accept and dial hand to the Conn constructor. */
@@ -60,6 +77,16 @@ export interface ConnInit extends ConnOptions {
   compressionLevel?: number;
 }
 
+/** The timeouts of an opening handshake, checked with the connection options. */
+export interface HandshakeTimeouts {
+  /**
+   * handshakeTimeout bounds the whole opening handshake, in ms. Default
+   * 10000; 0 or `Infinity` means none. A RangeError for a finite value
+   * above 2^31−1.
+   */
+  handshakeTimeout?: number;
+}
+
 /** checkLevel returns a zlib level 0–9, or throws a RangeError. */
 export function checkLevel(level: number): number {
   if (!Number.isInteger(level) || level < 0 || level > 9) {
@@ -70,12 +97,14 @@ export function checkLevel(level: number): number {
 
 /**
  * checkConnOptions throws a RangeError for a limit that is not a
- * non-negative number, before accept answers 101 or dial connects.
+ * non-negative number or a timeout setTimeout cannot honour (see
+ * checkTimeout), before accept answers 101 or dial connects.
  */
-export function checkConnOptions(options: ConnOptions): void {
+export function checkConnOptions(options: ConnOptions & HandshakeTimeouts): void {
   if (options.readLimit !== undefined) checkLimit("read limit", options.readLimit);
   if (options.writeQueueLimit !== undefined) checkLimit("write queue limit", options.writeQueueLimit);
-  if (options.closeTimeout !== undefined) checkLimit("close timeout", options.closeTimeout);
+  if (options.closeTimeout !== undefined) checkTimeout("closeTimeout", options.closeTimeout);
+  if (options.handshakeTimeout !== undefined) checkTimeout("handshakeTimeout", options.handshakeTimeout);
 }
 
 /** checkLimit returns a non-negative limit (Infinity allowed), or throws a RangeError naming `what`. */

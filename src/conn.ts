@@ -23,6 +23,7 @@ import {
 } from "./conn-options.js";
 import { Inbound } from "./inbound.js";
 import { noop } from "./internal/noop.js";
+import { startTimer } from "./internal/timeout.js";
 import { MessageIterator } from "./message-iterator.js";
 import { PingTracker } from "./ping.js";
 import { PLAIN_VARIANT, type FrameVariant, type PreparedMessage } from "./prepared.js";
@@ -33,10 +34,12 @@ import { WriteSide, type MessageData } from "./write.js";
 export {
   checkConnOptions,
   DEFAULT_CLOSE_TIMEOUT,
+  DEFAULT_HANDSHAKE_TIMEOUT,
   DEFAULT_READ_LIMIT,
   type CloseInfo,
   type ConnInit,
   type ConnOptions,
+  type HandshakeTimeouts,
 } from "./conn-options.js";
 
 const EMPTY = Buffer.alloc(0);
@@ -97,7 +100,7 @@ export class Conn implements AsyncIterable<Message> {
     }
     const deflate = init.deflate;
     const readLimit = checkLimit("read limit", init.readLimit ?? DEFAULT_READ_LIMIT);
-    this.inbound = new Inbound(socket, this, { expectMasked: this.isServer, readLimit, deflate });
+    this.inbound = new Inbound(socket, this, { expectMasked: this.isServer, readLimit, deflate, budget: init.inboundBudget });
     this.writes = new WriteSide(socket, !this.isServer, this);
     if (init.writeQueueLimit !== undefined) this.writes.writeQueueLimit = checkLimit("write queue limit", init.writeQueueLimit);
     if (deflate !== undefined) this.setupWriteCompression(deflate, init.compressionThreshold, level);
@@ -257,12 +260,15 @@ export class Conn implements AsyncIterable<Message> {
     } catch (err) {
       return Promise.reject(err);
     }
+    // A protocol error already found wins over this close.
+    this.failNowIfPending();
     this.sendClose(new CloseError(code, reason), payload);
     return this.closed.then(noop);
   }
 
   /** closeNow drops the connection at once, without a close handshake (1006). */
   closeNow(): void {
+    this.failNowIfPending();
     this.terminate(new CloseError(StatusCode.AbnormalClosure, "connection dropped by closeNow"));
     this.socket.destroy();
   }
@@ -362,7 +368,7 @@ export class Conn implements AsyncIterable<Message> {
     socket.on("end", onSocketEnd);
     socket.on("error", onSocketError);
     socket.on("close", onSocketClose);
-    if (head.length > 0) this.inbound.parser.push(head);
+    if (head.length > 0) this.inbound.push(head);
     if (socket.destroyed) queueMicrotask(() => this.onSocketClose());
     // The peer may have half-closed while accept was still busy (checkOrigin),
     // before these listeners: its 'end' is gone, so act on it now.
@@ -407,7 +413,7 @@ export class Conn implements AsyncIterable<Message> {
     const parsed = decodeClosePayload(payload);
     if ("error" in parsed) {
       const errorCode = parsed.code === 1007 ? ErrorCode.InvalidUtf8 : ErrorCode.InvalidClosePayload;
-      return this.fail(parsed.code, errorCode, parsed.error);
+      return this.failInbound(parsed.code, errorCode, parsed.error);
     }
     const rare = this.rare;
     rare.receivedClose = parsed;
@@ -455,6 +461,35 @@ export class Conn implements AsyncIterable<Message> {
     if (!this.socket.writableEnded) this.socket.end();
   }
 
+  /**
+   * @internal
+   * failInbound fails the connection for something the peer sent
+   * (InboundHost), in wire order: parsing stops at once, but the failure
+   * takes effect on the next turn of the event loop, so that messages that
+   * were complete before the bad frame reach a waiting reader and the
+   * replies it writes at once go out before the close frame (as the
+   * Autobahn suite expects of cases 3.2–5.15). Bounded: one turn, whether or
+   * not anything reads.
+   */
+  failInbound(code: number, errorCode: ErrorCode, message: string): void {
+    this.inbound.parser.stop();
+    const rare = this.rare;
+    if (this.closeError !== undefined) return this.fail(code, errorCode, message);
+    if (rare.pendingFailure !== undefined) return;
+    rare.pendingFailure = { code, errorCode, message };
+    rare.failTimer = setImmediate(() => this.failNowIfPending());
+  }
+
+  /** failNowIfPending carries out a failure failInbound deferred, if one waits. */
+  private failNowIfPending(): void {
+    const rare = this.rareState;
+    const pending = rare?.pendingFailure;
+    if (pending === undefined) return;
+    clearImmediate(rare!.failTimer);
+    rare!.pendingFailure = rare!.failTimer = undefined;
+    this.fail(pending.code, pending.errorCode, pending.message);
+  }
+
   private sendClose(err: CloseError, payload: Buffer): void {
     this.terminate(err);
     if (this.closeSent || this.socket.destroyed) return;
@@ -478,20 +513,21 @@ export class Conn implements AsyncIterable<Message> {
   private armCloseTimer(): void {
     const rare = this.rare;
     if (rare.closeTimer !== undefined) return;
-    rare.closeTimer = setTimeout(() => {
+    const onTimeout = (): void => {
       rare.closeTimedOut = true;
       this.socket.destroy();
-    }, rare.closeTimeout);
-    rare.closeTimer.unref();
+    };
+    rare.closeTimer = startTimer(rare.closeTimeout, onTimeout, true);
   }
 
   /** @internal Bytes arrived from the socket. */
   receive(chunk: Buffer): void {
-    this.inbound.parser.push(chunk);
+    this.inbound.push(chunk);
   }
 
   /** @internal The peer ended its side of the TCP connection. */
   onSocketEnd(): void {
+    this.failNowIfPending();
     this.answerClose();
     if (this.rareState?.receivedClose === undefined) {
       this.terminate(new CloseError(StatusCode.AbnormalClosure, "connection closed without a close frame"));
@@ -501,12 +537,14 @@ export class Conn implements AsyncIterable<Message> {
 
   /** @internal The socket failed. */
   onSocketError(err: Error): void {
+    this.failNowIfPending();
     this.rare.socketError = err;
     this.terminate(new CloseError(StatusCode.AbnormalClosure, `connection failed: ${err.message}`, { cause: err }));
   }
 
   /** @internal The socket is closed: settle everything. */
   onSocketClose(): void {
+    this.failNowIfPending();
     this.answerClose();
     clearTimeout(this.rareState?.closeTimer);
     this.inbound.release();
@@ -575,4 +613,7 @@ class RareState {
   pingTracker: PingTracker | undefined;
   /** The latest ping's payload, while the socket is too full to answer it. */
   pendingPong: Buffer | undefined;
+  /** A failure failInbound deferred to the next turn, and its timer. */
+  pendingFailure: { code: number; errorCode: ErrorCode; message: string } | undefined;
+  failTimer: NodeJS.Immediate | undefined;
 }

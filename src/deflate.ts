@@ -19,6 +19,9 @@ const EMPTY_BLOCK_HEAD = Buffer.from([0x00]);
 /** Output chunk size: how far past the read limit inflation can run before it is stopped. */
 const INFLATE_CHUNK = 16 * 1024;
 
+/** Writes queued in zlib past which the caller is asked to wait: each costs a hundred bytes or so. */
+const MAX_WRITES_IN_FLIGHT = 4;
+
 /** The default zlib level: a good ratio for text at a fraction of level 9's cost. */
 export const DEFAULT_COMPRESSION_LEVEL = 6;
 
@@ -34,6 +37,11 @@ export class MessageInflater {
   private stopped = false;
   private ending: (() => void) | undefined;
   private written = false;
+  /** Writes zlib has not finished with. */
+  private inFlight = 0;
+  private drainWaiter: (() => void) | undefined;
+  /** The write callback of the current zlib stream. */
+  private onWritten: (() => void) | undefined;
 
   constructor(
     private readonly keepContext: boolean,
@@ -41,15 +49,21 @@ export class MessageInflater {
     private readonly onError: (err: Error) => void,
   ) {}
 
-  /** write feeds compressed bytes; false asks the caller to wait for onDrain. Ignored after stop. */
+  /**
+   * write feeds compressed bytes; false asks the caller to wait for onDrain:
+   * zlib's queue is full by bytes (16 KiB) or by count. Ignored after stop.
+   */
   write(chunk: Buffer): boolean {
     if (this.stopped) return true;
-    return this.open().write(chunk);
+    const stream = this.open();
+    this.inFlight++;
+    const ok = stream.write(chunk, this.onWritten);
+    return ok && this.inFlight < MAX_WRITES_IN_FLIGHT;
   }
 
   /** onDrain calls `fn` once when the inflater accepts input again. */
   onDrain(fn: () => void): void {
-    this.open().once("drain", fn);
+    this.drainWaiter = fn;
   }
 
   /** end completes the message and calls `done` once all its output was handed over. */
@@ -58,7 +72,11 @@ export class MessageInflater {
     const stream = this.open();
     this.ending = done;
     this.written = false;
+    // Counted like any write: the last write's callback is what wakes a waiting writer.
+    this.inFlight++;
     stream.write(TAIL, () => {
+      if (this.stream !== stream) return;
+      this.countWritten();
       this.written = true;
       this.finishIfDone();
     });
@@ -93,23 +111,45 @@ export class MessageInflater {
     if (stream === undefined) return;
     this.stream = undefined;
     this.ending = undefined;
+    this.inFlight = 0;
     detach(stream);
+    // A new stream takes input at once: a writer waiting for this one may go on.
+    const waiter = this.drainWaiter;
+    this.drainWaiter = undefined;
+    waiter?.();
   }
 
   private open(): zlib.InflateRaw {
     if (this.stream !== undefined) return this.stream;
     const stream = zlib.createInflateRaw({ flush: zlib.constants.Z_SYNC_FLUSH, chunkSize: INFLATE_CHUNK });
+    // The read side copies small chunks out of zlib's 16 KiB buffers itself.
     stream.on("data", (chunk: Buffer) => {
-      this.onChunk(ownBytes(chunk));
+      this.onChunk(chunk);
       this.finishIfDone();
     });
     stream.on("error", (err) => {
+      // Kept for stop(): frames held behind this message must still be let go.
+      const ending = this.ending;
+      this.stopped = true;
       this.release();
+      this.ending = ending;
       this.onError(err);
     });
     if (this.paused) stream.pause();
     this.stream = stream;
+    this.onWritten = () => {
+      if (this.stream === stream) this.countWritten();
+    };
     return stream;
+  }
+
+  /** countWritten counts one write zlib has finished with, and wakes a waiting writer. */
+  private countWritten(): void {
+    this.inFlight--;
+    const waiter = this.drainWaiter;
+    if (waiter === undefined || this.inFlight >= MAX_WRITES_IN_FLIGHT || this.stream!.writableNeedDrain) return;
+    this.drainWaiter = undefined;
+    waiter();
   }
 
   private finishIfDone(): void {
@@ -132,17 +172,6 @@ export class MessageInflater {
     const state = (this.stream as unknown as { _readableState?: { ended?: boolean } } | undefined)?._readableState;
     return state?.ended === true;
   }
-}
-
-/**
- * ownBytes copies a chunk that uses a small part of zlib's output buffer, so
- * that a short message kept by the application does not pin 16 KiB.
- */
-function ownBytes(chunk: Buffer): Buffer {
-  if (chunk.length * 4 >= chunk.buffer.byteLength) return chunk;
-  const copy = Buffer.allocUnsafeSlow(chunk.length);
-  chunk.copy(copy);
-  return copy;
 }
 
 /** detach closes a zlib stream whose events nobody wants any more. */

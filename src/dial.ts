@@ -11,18 +11,19 @@ import * as https from "node:https";
 import * as net from "node:net";
 import type { Socket } from "node:net";
 import type { ConnectionOptions } from "node:tls";
-import { checkConnOptions, Conn, type ConnOptions } from "./conn.js";
+import { checkConnOptions, Conn, DEFAULT_HANDSHAKE_TIMEOUT, type ConnOptions, type HandshakeTimeouts } from "./conn.js";
 import { acceptResponse, checkCompressionOptions, clientOffer, settingsFor, type CompressionOptions } from "./compress.js";
 import { codedError, ErrorCode, HandshakeError, wrapError } from "./errors.js";
 import { acceptKey, checkHeaders, hasToken, headerList, isToken, singleHeader } from "./handshake.js";
-import { DEFAULT_HANDSHAKE_TIMEOUT } from "./accept.js";
+import { noop } from "./internal/noop.js";
+import { isNoTimeout, startTimer } from "./internal/timeout.js";
 import { connectThroughProxy, directConnection, proxyFor, type CreateConnection, type DialTarget } from "./proxy.js";
 
 /** The most bytes of a refused handshake's body kept in HandshakeError. */
 const MAX_ERROR_BODY = 64 * 1024;
 
 /** DialOptions configure `dial`. Every field is optional. */
-export interface DialOptions extends ConnOptions, CompressionOptions {
+export interface DialOptions extends ConnOptions, CompressionOptions, HandshakeTimeouts {
   /** Extra request headers (Authorization, Cookie, …). CR, LF and NUL are refused. */
   headers?: http.OutgoingHttpHeaders;
   /** Subprotocols to offer, in order of preference. */
@@ -31,8 +32,6 @@ export interface DialOptions extends ConnOptions, CompressionOptions {
   origin?: string;
   /** Aborts the handshake; dial rejects with the signal's reason. */
   signal?: AbortSignal;
-  /** Bound on the whole handshake, in ms. Default 10000. */
-  handshakeTimeout?: number;
   /** TLS options for wss:// (ca, cert, key, servername, rejectUnauthorized, …). */
   tls?: ConnectionOptions;
   /**
@@ -81,7 +80,8 @@ export async function dial(url: string | URL, options: DialOptions = {}): Promis
     if (!isToken(p)) throw new TypeError(`subprotocol ${JSON.stringify(p)} is not a token`);
   }
   if (options.signal?.aborted) throw options.signal.reason;
-  const deadline = performance.now() + (options.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT);
+  const timeout = options.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT;
+  const deadline = isNoTimeout(timeout) ? Infinity : performance.now() + timeout;
   let target = first;
   for (let hops = 0; ; hops++) {
     const headers = sameHost(first, target) ? options.headers : withoutCredentials(options.headers);
@@ -103,7 +103,7 @@ async function dialTarget(target: Target, options: DialOptions, deadline: number
 }
 
 function remaining(deadline: number): number {
-  return Math.max(1, Math.ceil(deadline - performance.now()));
+  return deadline === Infinity ? Infinity : Math.max(1, Math.ceil(deadline - performance.now()));
 }
 
 /**
@@ -191,45 +191,60 @@ function handshake(target: Target, options: DialOptions, createConnection: Creat
   });
   return new Promise<Conn>((resolve, reject) => {
     const timeout = options.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT;
-    const timer = setTimeout(() => {
-      request.destroy(codedError(ErrorCode.HandshakeTimeout, `failed to dial: handshake not done within ${timeout} ms`));
-    }, timeout);
     const signal = options.signal;
-    const onAbort = (): void => void request.destroy(signal!.reason);
+    // Why dial stopped the request itself (timeout or abort): what it rejects with, whatever the socket says then.
+    let stopped: unknown;
+    let settled = false;
+    const stop = (why: unknown): void => {
+      stopped ??= why;
+      request.destroy(why as Error);
+    };
+    const timer = isNoTimeout(timeout)
+      ? undefined
+      : startTimer(timeout, () => stop(codedError(ErrorCode.HandshakeTimeout, `failed to dial: handshake not done within ${timeout} ms`)));
+    const onAbort = (): void => stop(signal!.reason);
     signal?.addEventListener("abort", onAbort, { once: true });
-    const settle = (): void => {
+    /** finish settles once: the first of upgrade, refusal, error, timeout or abort wins. */
+    const finish = (settle: () => void): void => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
       signal?.removeEventListener("abort", onAbort);
+      settle();
     };
     request.on("error", (err) => {
-      settle();
-      reject(err === signal?.reason || (err as { code?: string }).code === ErrorCode.HandshakeTimeout ? err : wrapError("failed to dial", err));
+      finish(() => reject(stopped ?? wrapError("failed to dial", err)));
     });
     request.on("response", (res) => {
       const socket = res.socket;
-      readBody(res).then((body) => {
-        settle();
+      readBody(res, (body, whole) => {
         // Without an agent nobody reuses the socket: free it even if the server keeps it alive.
-        socket.destroy();
-        const what = res.statusCode === 101 ? "101 without Upgrade: websocket and Connection: Upgrade" : `${res.statusCode} instead of 101`;
-        reject(new HandshakeError(`failed to dial: server answered ${what}`, res.statusCode ?? 0, res.headers, body));
-      }, () => undefined);
+        socket?.destroy();
+        finish(() => reject(stopped ?? refusal(res, body, whole)));
+      });
     });
     request.on("upgrade", (res: http.IncomingMessage, socket: Socket, head: Buffer) => {
-      settle();
+      if (settled) return void socket.destroy();
       const problem = checkResponse(res, key, options.subprotocols ?? []);
       const extensions = acceptResponse(res.headers["sec-websocket-extensions"], options.compression);
       if (problem !== undefined || typeof extensions === "string") {
         socket.destroy();
         const why = problem ?? (extensions as string);
-        return reject(new HandshakeError(`failed to dial: ${why}`, res.statusCode ?? 101, res.headers));
+        return finish(() => reject(new HandshakeError(`failed to dial: ${why}`, res.statusCode ?? 101, res.headers)));
       }
       const subprotocol = singleHeader(res.headers, "sec-websocket-protocol") ?? "";
       const deflate = extensions.params && settingsFor(extensions.params, "client", extensions.header);
-      resolve(new Conn(socket, head, { ...options, role: "client", subprotocol, deflate }));
+      finish(() => resolve(new Conn(socket, head, { ...options, role: "client", subprotocol, deflate })));
     });
     request.end();
   });
+}
+
+/** refusal is the HandshakeError for an answer other than a valid 101. */
+function refusal(res: http.IncomingMessage, body: Buffer, whole: boolean): HandshakeError {
+  const what = res.statusCode === 101 ? "101 without Upgrade: websocket and Connection: Upgrade" : `${res.statusCode} instead of 101`;
+  const cut = whole ? "" : " (the connection closed before the end of its body)";
+  return new HandshakeError(`failed to dial: server answered ${what}${cut}`, res.statusCode ?? 0, res.headers, body);
 }
 
 function requestHeaders(key: string, options: DialOptions): http.OutgoingHttpHeaders {
@@ -260,23 +275,29 @@ function checkResponse(res: http.IncomingMessage, key: string, offered: string[]
   return undefined;
 }
 
-/** readBody collects up to 64 KiB of a refusal's body, then stops reading. */
-function readBody(res: http.IncomingMessage): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const done = (): void => {
-      res.destroy();
-      resolve(Buffer.concat(chunks).subarray(0, MAX_ERROR_BODY));
-    };
-    res.on("data", (chunk: Buffer) => {
-      chunks.push(chunk);
-      size += chunk.length;
-      if (size >= MAX_ERROR_BODY) done();
-    });
-    res.on("end", done);
-    res.on("error", reject);
+/**
+ * readBody collects up to 64 KiB of a refusal's body, then stops reading,
+ * and calls `done` once: with `whole` false when the body was cut short (the
+ * server closed mid-body, or dial destroyed the request). It never waits on a
+ * body that does not come: the socket's close ends it.
+ */
+function readBody(res: http.IncomingMessage, done: (body: Buffer, whole: boolean) => void): void {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  let called = false;
+  const finish = (whole: boolean): void => {
+    if (called) return;
+    called = true;
+    res.destroy();
+    done(Buffer.concat(chunks).subarray(0, MAX_ERROR_BODY), whole);
+  };
+  res.on("data", (chunk: Buffer) => {
+    chunks.push(chunk);
+    size += chunk.length;
+    if (size >= MAX_ERROR_BODY) finish(true); // enough of it: the rest is not read
   });
+  res.on("end", () => finish(true));
+  // 'close' without 'end': the body was cut. Its 'error' says the same.
+  res.on("close", () => finish(false));
+  res.on("error", noop);
 }
-
-

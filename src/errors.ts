@@ -35,6 +35,11 @@ export const ErrorCode = {
   InvalidCompressedData: "WS_ERR_INVALID_COMPRESSED_DATA",
   /** A message exceeded the read limit (1009). */
   MessageTooBig: "WS_ERR_MESSAGE_TOO_BIG",
+  /**
+   * The process-wide budget for unfinished inbound messages (InboundBudget)
+   * was exhausted and this connection was shed (1013 Try Again Later).
+   */
+  BudgetExceeded: "WS_ERR_BUDGET_EXCEEDED",
   /** A data message arrived after closeRead, or of a type a stream adapter refuses (1008 / 1003). */
   UnexpectedData: "WS_ERR_UNEXPECTED_DATA",
   /** Too many bytes of messages already wait to be written (writeQueueLimit); the connection stays usable. */

@@ -7,6 +7,7 @@
  */
 
 import type { ClientState } from "./hub-client.js";
+import { MAX_TIMEOUT } from "./internal/timeout.js";
 
 /**
  * HeartbeatOptions configure the hub's pings. A client's pongs are only seen
@@ -46,8 +47,8 @@ export function normalizeHeartbeat(options: HeartbeatOptions | true): Required<H
     maxMissed: given.maxMissed ?? DEFAULT_HEARTBEAT.maxMissed,
   };
   for (const [name, value] of Object.entries(result)) {
-    if (typeof value !== "number" || !Number.isFinite(value) || value <= 0) {
-      throw new RangeError(`heartbeat.${name} must be a positive number, not ${String(value)}`);
+    if (typeof value !== "number" || !Number.isFinite(value) || value <= 0 || value > MAX_TIMEOUT) {
+      throw new RangeError(`heartbeat.${name} must be a positive number up to ${MAX_TIMEOUT}, not ${String(value)}`);
     }
   }
   return result;

@@ -7,6 +7,7 @@ import type { CloseInfo } from "./conn.js";
 import type { HubBus } from "./hub-bus.js";
 import type { HubClient } from "./hub-client.js";
 import type { HeartbeatOptions } from "./hub-heartbeat.js";
+import { checkTimeout } from "./internal/timeout.js";
 
 /** The default bound on the bytes queued for one client: 1 MiB. */
 export const DEFAULT_MAX_QUEUED_BYTES = 1024 * 1024;
@@ -44,7 +45,8 @@ export interface HubOptions {
    * flushTimeout bounds, in ms, how long `hub.close()` and `client.close()`
    * let a client's queue drain before sending the close frame; what is left
    * then is dropped. Clients closed for being slow or unresponsive are
-   * closed at once. Default 2000.
+   * closed at once. Default 2000; `Infinity` waits for the queue however
+   * long it takes.
    */
   flushTimeout?: number;
   /**
@@ -135,10 +137,7 @@ export function checkMaxQueuedBytes(value: number): number {
 }
 
 export function checkFlushTimeout(value: number): number {
-  if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
-    throw new RangeError(`flushTimeout must be a finite, non-negative number of ms, not ${String(value)}`);
-  }
-  return value;
+  return checkTimeout("flushTimeout", value);
 }
 
 export function checkSlowPolicy(value: SlowPolicy): SlowPolicy {

@@ -19,6 +19,7 @@ import { BusLink, type Envelope } from "./hub-bus.js";
 import { ClientState, HubClient, wireSize, type ClientOwner } from "./hub-client.js";
 import { Heartbeat, normalizeHeartbeat } from "./hub-heartbeat.js";
 import { noop } from "./internal/noop.js";
+import { startTimer } from "./internal/timeout.js";
 import {
   checkFlushTimeout,
   checkMaxQueuedBytes,
@@ -406,8 +407,7 @@ export class Hub<Meta = Record<string, unknown>> extends EventEmitter<HubEvents<
   private async flush(state: ClientState<Meta>): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, this.flushTimeout);
-      timer.unref();
+      timer = startTimer(this.flushTimeout, resolve, true);
     });
     await Promise.race([state.queue.idle(), timeout]);
     clearTimeout(timer);

@@ -7,6 +7,7 @@
  */
 
 import type { Socket } from "node:net";
+import type { InboundBudget } from "./budget.js";
 import type { DeflateSettings } from "./compress.js";
 import { MessageInflater } from "./deflate.js";
 import { ErrorCode } from "./errors.js";
@@ -18,7 +19,13 @@ import { ReadSide, type ReadHost } from "./read.js";
 export interface InboundHost {
   /** A ping, pong or close frame arrived. */
   onControlFrame(opcode: number, payload: Buffer): void;
-  /** Fail the connection with `code`. */
+  /**
+   * Fail the connection with `code`, in wire order: parsing stops at once,
+   * and messages completed before the failure are still handed to the
+   * application before the close frame goes out.
+   */
+  failInbound(code: number, errorCode: ErrorCode, message: string): void;
+  /** Fail the connection at once, for something the application did. */
   fail(code: number, errorCode: ErrorCode, message: string): void;
   /** The connection is closing: nobody reads messages any more. */
   readonly closing: boolean;
@@ -36,7 +43,16 @@ export interface InboundOptions {
   readLimit: number;
   /** permessage-deflate as negotiated, if it was. */
   deflate: DeflateSettings | undefined;
+  /** The process-wide bound on unfinished messages, if any. */
+  budget: InboundBudget | undefined;
 }
+
+/**
+ * Compressed bytes are handed to zlib at most once per socket read and
+ * message, copied together when small: a message sent as one-byte fragments
+ * would otherwise queue one zlib write, a hundred bytes of overhead, per byte.
+ */
+const INFLATE_BATCH_MAX = 16 * 1024;
 
 /** Inbound is the parser's sink and the read side's host for one connection. */
 export class Inbound implements FrameSink, ReadHost {
@@ -45,6 +61,9 @@ export class Inbound implements FrameSink, ReadHost {
   private readonly inflater: MessageInflater | undefined;
   private compressedMessage = false;
   private pauseReasons = 0;
+  /** Compressed payload of this socket read not yet handed to zlib. */
+  private inflateBatch: Buffer[] | undefined;
+  private inflateBatchSize = 0;
 
   constructor(
     private readonly socket: Socket,
@@ -53,14 +72,20 @@ export class Inbound implements FrameSink, ReadHost {
   ) {
     const deflate = options.deflate;
     this.parser = new FrameParser(this, { expectMasked: options.expectMasked, allowRsv1: deflate !== undefined });
-    this.reads = new ReadSide(this, options.readLimit);
+    this.reads = new ReadSide(this, options.readLimit, options.budget);
     if (deflate !== undefined) {
       this.inflater = new MessageInflater(
         !deflate.receiveNoContextTakeover,
         (chunk) => this.reads.appendPayload(chunk),
-        (err) => host.fail(1007, ErrorCode.InvalidCompressedData, `invalid compressed data: ${err.message}`),
+        (err) => host.failInbound(1007, ErrorCode.InvalidCompressedData, `invalid compressed data: ${err.message}`),
       );
     }
+  }
+
+  /** push parses bytes read from the socket, then hands zlib what they held of a compressed message. */
+  push(chunk: Buffer): void {
+    this.parser.push(chunk);
+    if (this.inflateBatch !== undefined) this.flushInflate();
   }
 
   // ---- FrameSink ----
@@ -71,7 +96,7 @@ export class Inbound implements FrameSink, ReadHost {
       this.compressedMessage = rsv1;
     }
     // Compressed frames are checked as they inflate: their size says nothing.
-    if (this.compressedMessage || !this.reads.admitsFrame(length)) return false;
+    if (this.compressedMessage || !this.reads.admitsFrame(length, fin)) return false;
     return this.reads.keepsMasked(fin, length);
   }
 
@@ -96,7 +121,7 @@ export class Inbound implements FrameSink, ReadHost {
   }
 
   onFramingError(code: number, errorCode: ErrorCode, message: string): void {
-    this.host.fail(code, errorCode, message);
+    this.host.failInbound(code, errorCode, message);
   }
 
   // ---- ReadHost ----
@@ -115,6 +140,10 @@ export class Inbound implements FrameSink, ReadHost {
     this.host.fail(code, errorCode, message);
   }
 
+  failInbound(code: number, errorCode: ErrorCode, message: string): void {
+    this.host.failInbound(code, errorCode, message);
+  }
+
   // ---- decompression ----
 
   /**
@@ -123,6 +152,8 @@ export class Inbound implements FrameSink, ReadHost {
    * thrown away) after the 1009, hundreds of milliseconds of CPU per message.
    */
   stopInflating(): void {
+    this.inflateBatch = undefined;
+    this.inflateBatchSize = 0;
     this.inflater?.stop();
     this.resumeFor(PAUSE_INFLATER_FULL);
   }
@@ -145,7 +176,23 @@ export class Inbound implements FrameSink, ReadHost {
   }
 
   private inflate(chunk: Buffer): void {
-    if (this.inflater!.write(chunk)) return;
+    (this.inflateBatch ??= []).push(chunk);
+    this.inflateBatchSize += chunk.length;
+    if (this.inflateBatchSize >= INFLATE_BATCH_MAX) this.flushInflate();
+  }
+
+  /** flushInflate hands zlib the compressed bytes batched so far, as one write. */
+  private flushInflate(): void {
+    const batch = this.inflateBatch!;
+    const size = this.inflateBatchSize;
+    this.inflateBatch = undefined;
+    this.inflateBatchSize = 0;
+    if (size === 0) return;
+    // One view that is most of its socket chunk goes as it is; anything else
+    // is copied, so that zlib's queue never pins socket chunks it barely uses.
+    const only = batch[0]!;
+    const data = batch.length === 1 && only.length * 2 >= only.buffer.byteLength ? only : Buffer.concat(batch, size);
+    if (this.inflater!.write(data)) return;
     // The rest of a socket chunk keeps coming while paused: one drain listener is enough.
     if ((this.pauseReasons & PAUSE_INFLATER_FULL) !== 0) return;
     this.pauseFor(PAUSE_INFLATER_FULL);
@@ -154,6 +201,7 @@ export class Inbound implements FrameSink, ReadHost {
 
   /** endInflate holds later frames until the message's last bytes are decompressed. */
   private endInflate(): void {
+    if (this.inflateBatch !== undefined) this.flushInflate();
     this.parser.suspend();
     this.pauseFor(PAUSE_INFLATING);
     this.inflater!.end(() => {

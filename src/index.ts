@@ -14,7 +14,8 @@
 export { accept, type AcceptOptions } from "./accept.js";
 export { serve, type ServeOptions, type Handler } from "./serve.js";
 export { dial, type DialOptions } from "./dial.js";
-export { Conn, type CloseInfo, type ConnOptions } from "./conn.js";
+export { Conn, type CloseInfo, type ConnOptions, type HandshakeTimeouts } from "./conn.js";
+export { InboundBudget, DEFAULT_INBOUND_BUDGET } from "./budget.js";
 export type { Message, StreamedMessage } from "./read.js";
 export type { MessageData } from "./write.js";
 export { MessageType } from "./frame.js";

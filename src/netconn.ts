@@ -17,6 +17,7 @@ import { CloseError, StatusCode } from "./close.js";
 import type { Conn } from "./conn.js";
 import { ErrorCode } from "./errors.js";
 import { MessageType } from "./frame.js";
+import { checkTimeout, isNoTimeout, startTimer } from "./internal/timeout.js";
 import type { StreamedMessage } from "./read.js";
 import { checkMessageType } from "./write.js";
 
@@ -192,17 +193,18 @@ export class NetConn extends ConnDuplex {
   /**
    * setTimeout emits 'timeout' after `timeout` ms without bytes read or
    * written, as net.Socket's: the connection stays open, the listener
-   * decides. 0 turns it off. `callback` is added as a 'timeout' listener.
+   * decides. 0 or `Infinity` turns it off. `callback` is added as a
+   * 'timeout' listener. Throws a RangeError for a negative value or a finite
+   * one above 2^31−1.
    */
   setTimeout(timeout: number, callback?: () => void): this {
+    checkTimeout("timeout", timeout);
     clearTimeout(this.idleTimer);
     this.idleTimer = undefined;
-    if (timeout > 0) {
-      this.idleTimer = setTimeout(() => this.emit("timeout"), timeout);
-      this.idleTimer.unref();
-    }
+    const on = !isNoTimeout(timeout);
+    if (on) this.idleTimer = startTimer(timeout, () => this.emit("timeout"), true);
     if (callback) {
-      if (timeout > 0) this.once("timeout", callback);
+      if (on) this.once("timeout", callback);
       else this.removeListener("timeout", callback);
     }
     return this;

@@ -14,7 +14,8 @@ import { ErrorCode } from "./errors.js";
 import { MessageType } from "./frame.js";
 import { AbortableLock } from "./internal/lock.js";
 import { Utf8Validator } from "./internal/utf8.js";
-import { maskInto, maskWithWord } from "./mask.js";
+import type { BudgetAccount, InboundBudget } from "./budget.js";
+import { InboundMessage } from "./inbound-message.js";
 
 /** Message is one data message returned by `Conn.read`. */
 export interface Message {
@@ -59,70 +60,10 @@ function toResult(value: Message): IteratorResult<Message> {
 export interface ReadHost {
   pauseSocket(): void;
   resumeSocket(): void;
-  /** fail fails the connection: sends `code`, rejects everything pending. */
+  /** fail fails the connection at once: sends `code`, rejects everything pending. */
   fail(code: number, errorCode: ErrorCode, message: string): void;
-}
-
-/** InboundMessage is a message being received or waiting to be read. */
-class InboundMessage {
-  readonly chunks: Buffer[] = [];
-  taken = 0;
-  size = 0;
-  complete = false;
-  failed = false;
-  /** A read or reader took it: the read limit applies from then on. */
-  claimed = false;
-  /** Its size once the frame being received has arrived whole, as headers declare it. */
-  declared = 0;
-  /** A read() has claimed it and buffers it whole, up to the read limit. */
-  buffersWhole = false;
-  /** Its reader stream was destroyed: later bytes are validated, then dropped. */
-  discard = false;
-  /** The message queued after it. */
-  next: InboundMessage | undefined;
-  /**
-   * The mask key its chunks are still masked with (see keepsMasked), as
-   * readMaskWord gives it; 0 once they are plain (or were never masked).
-   */
-  maskKey = 0;
-  /** Bytes taken off its chunks so far: where the next chunk is in the mask key's cycle. */
-  takenBytes = 0;
-
-  constructor(readonly type: MessageType) {}
-
-  hasChunk(): boolean {
-    return this.taken < this.chunks.length;
-  }
-
-  /** nextChunk takes the next chunk, unmasked. */
-  nextChunk(): Buffer {
-    const chunk = this.chunks[this.taken]!;
-    this.chunks[this.taken++] = undefined as unknown as Buffer;
-    if (this.maskKey !== 0) maskWithWord(chunk, this.maskKey, this.takenBytes);
-    this.takenBytes += chunk.length;
-    return chunk;
-  }
-
-  /**
-   * takeRest takes the chunks not taken yet as one unmasked buffer: a still
-   * masked message is unmasked in the same pass that copies it together.
-   */
-  takeRest(): Buffer {
-    const { chunks, taken } = this;
-    const count = chunks.length - taken;
-    if (count === 0) return EMPTY;
-    if (count === 1) return this.nextChunk();
-    const rest = Buffer.allocUnsafe(this.size - this.takenBytes);
-    let offset = 0;
-    for (let i = taken; i < chunks.length; i++) {
-      const chunk = chunks[i]!;
-      maskInto(rest, offset, chunk, this.maskKey, this.takenBytes + offset);
-      offset += chunk.length;
-    }
-    this.taken = chunks.length;
-    this.takenBytes = this.size;
-    return rest;
-  }
+  /** failInbound fails it for what the peer sent, in wire order (see Conn.failInbound). */
+  failInbound(code: number, errorCode: ErrorCode, message: string): void;
 }
 
 /** Unread bytes past which the socket is paused. */
@@ -143,20 +84,19 @@ const KEEP_MASKED_MIN = 16 * 1024;
 const MESSAGE_COST = 128;
 
 /**
- * What each queued payload chunk costs besides its bytes (a Buffer view,
- * about 100 bytes of heap): a message sent as one-byte fragments would
- * otherwise hold 100 times READ_HIGH_WATER_MARK before the socket pauses.
- */
-const CHUNK_COST = 96;
-
-const EMPTY = Buffer.alloc(0);
-
-/**
  * ReadSide owns the incoming message queue of one connection. It is its own
  * read lock, held by a read or reader for one whole message.
  */
-export class ReadSide extends AbortableLock {
+export class ReadSide extends AbortableLock implements BudgetAccount {
   readLimit: number;
+  /** The process-wide bound this connection's unfinished messages count against, if any. */
+  private readonly budget: InboundBudget | undefined;
+  /** BudgetAccount: what the message being received has charged to `budget`. */
+  budgeted = 0;
+  budgetPrev: BudgetAccount | undefined;
+  budgetNext: BudgetAccount | undefined;
+  /** The frame being received ends its message. */
+  private finalFrame = false;
   /** The queue of messages not yet taken, oldest first, linked through `next`: no array per connection. */
   private first: InboundMessage | undefined;
   private last: InboundMessage | undefined;
@@ -176,9 +116,11 @@ export class ReadSide extends AbortableLock {
   constructor(
     private readonly host: ReadHost,
     readLimit: number,
+    budget?: InboundBudget,
   ) {
     super();
     this.readLimit = readLimit;
+    this.budget = budget;
   }
 
   // ---- fed by the connection, in wire order ----
@@ -192,7 +134,7 @@ export class ReadSide extends AbortableLock {
     this.receiving = message;
     if (this.error) return true;
     if (this.closeReading) {
-      this.host.fail(1008, ErrorCode.UnexpectedData, "unexpected data message after closeRead");
+      this.host.failInbound(1008, ErrorCode.UnexpectedData, "unexpected data message after closeRead");
       return false;
     }
     if (this.last === undefined) this.first = message;
@@ -210,11 +152,12 @@ export class ReadSide extends AbortableLock {
    * setReadLimit works for messages that arrived before it was called; until
    * then unread bytes are bounded by READ_HIGH_WATER_MARK instead.
    */
-  admitsFrame(length: number): boolean {
+  admitsFrame(length: number, fin: boolean): boolean {
     const message = this.receiving!;
     message.declared = message.size + length;
+    this.finalFrame = fin;
     if (this.error || !message.claimed || message.declared <= this.readLimit) return true;
-    this.failTooBig(message.declared);
+    this.failTooBig(message.declared, true);
     return false;
   }
 
@@ -246,14 +189,23 @@ export class ReadSide extends AbortableLock {
     if (this.error) return;
     const message = this.receiving!;
     if (message.type === MessageType.Text && !this.utf8().push(chunk)) {
-      return this.host.fail(1007, ErrorCode.InvalidUtf8, "text message is not valid UTF-8");
+      return this.host.failInbound(1007, ErrorCode.InvalidUtf8, "text message is not valid UTF-8");
     }
-    message.size += chunk.length;
-    if (message.claimed && message.size > this.readLimit) return this.failTooBig(message.size);
-    if (message.discard) return;
-    message.chunks.push(chunk);
-    if (!message.buffersWhole) this.addBuffered(chunk.length + CHUNK_COST);
+    const size = message.size + chunk.length;
+    if (message.claimed && size > this.readLimit) return this.failTooBig(size, true);
+    if (message.discard) {
+      message.size = size;
+      return;
+    }
+    const held = message.held;
+    // Compressed messages never declare their size: their chunks are never `last`.
+    const last = this.finalFrame && size === message.declared;
+    message.append(chunk, last);
     this.notify();
+    // Last: a charge over the process budget may shed this very connection.
+    // The chunk that completes a message is not charged: the message is done
+    // before anything else runs.
+    this.charge(message, message.held - held, !last);
   }
 
   /** endMessage completes the message being received. */
@@ -266,10 +218,11 @@ export class ReadSide extends AbortableLock {
     // Still `receiving` while failing, so terminate() fails this message and
     // wakes a read waiting for its end.
     if (message.type === MessageType.Text && !this.utf8().end()) {
-      return this.host.fail(1007, ErrorCode.InvalidUtf8, "text message ends inside a UTF-8 sequence");
+      return this.host.failInbound(1007, ErrorCode.InvalidUtf8, "text message ends inside a UTF-8 sequence");
     }
     this.receiving = undefined;
     message.complete = true;
+    this.releaseBudget();
     this.notify();
   }
 
@@ -284,6 +237,7 @@ export class ReadSide extends AbortableLock {
     if (message) {
       message.failed = true;
       this.unqueue(message);
+      this.dropMessage(message);
     }
     this.utf8Validator?.reset();
     this.notify();
@@ -398,8 +352,9 @@ export class ReadSide extends AbortableLock {
     if (!locked) await this.acquire(signal);
     try {
       const message = await this.nextMessage(signal);
+      // From now on the read limit bounds its bytes, not the unread mark.
+      this.consumed(message.held);
       message.buffersWhole = true;
-      this.consumed(this.bytesQueued(message));
       while (!message.complete) {
         if (message.failed) throw this.error;
         await this.waitMidMessage(signal);
@@ -421,6 +376,9 @@ export class ReadSide extends AbortableLock {
       this.release();
       throw err;
     }
+    // Streamed: its consumer frees its bytes, so they leave the process budget.
+    message.streamed = true;
+    if (message === this.receiving) this.releaseBudget();
     return { type: message.type, stream: new MessageReadable(this, message, signal) };
   }
 
@@ -498,31 +456,64 @@ export class ReadSide extends AbortableLock {
   }
 
   private takeWhole(message: InboundMessage): Message {
-    const { chunks, taken } = message;
-    const count = chunks.length - taken;
-    if (!message.buffersWhole) this.consumed(message.size + count * CHUNK_COST);
-    return new ReceivedMessage(message.type, message.takeRest());
+    const held = message.held;
+    const data = message.takeRest();
+    if (!message.buffersWhole) this.consumed(held);
+    return new ReceivedMessage(message.type, data);
   }
 
-  private bytesQueued(message: InboundMessage): number {
-    let total = 0;
-    for (let i = message.taken; i < message.chunks.length; i++) total += message.chunks[i]!.length + CHUNK_COST;
-    return total;
-  }
-
-  /** takeChunk gives a reader stream the next chunk of its message. */
-  takeChunk(message: InboundMessage): Buffer {
-    const chunk = message.nextChunk();
-    this.consumed(chunk.length + CHUNK_COST);
+  /** pull gives a reader stream the next chunk of its message, if one has arrived. */
+  pull(message: InboundMessage): Buffer | undefined {
+    const held = message.held;
+    const chunk = message.hasChunk() ? message.nextChunk() : undefined;
+    this.charge(message, message.held - held);
     return chunk;
   }
 
   /** abandon drops what is left of a message whose reader stream was destroyed. */
   abandon(message: InboundMessage): void {
+    this.dropMessage(message);
     message.discard = true;
-    this.consumed(this.bytesQueued(message));
-    message.chunks.length = 0;
-    message.taken = 0;
+  }
+
+  /** dropMessage lets go of every byte a message holds, in every account it is charged to. */
+  private dropMessage(message: InboundMessage): void {
+    if (message === this.receiving) this.releaseBudget();
+    this.charge(message, -message.held);
+    message.drop();
+  }
+
+  /**
+   * charge records that `message` holds `delta` more bytes (fewer when
+   * negative): against the unread mark unless a read() buffers it whole, and
+   * against the process budget while it is unfinished and not streamed.
+   */
+  private charge(message: InboundMessage, delta: number, budgeted = true): void {
+    if (delta === 0) return;
+    if (!message.buffersWhole) {
+      if (delta > 0) this.addBuffered(delta);
+      else this.consumed(-delta);
+    }
+    if (budgeted && this.budget !== undefined && message === this.receiving && !message.streamed) this.budget.adjust(this, delta);
+  }
+
+  private releaseBudget(): void {
+    if (this.budgeted > 0) this.budget!.adjust(this, -this.budgeted);
+  }
+
+  /**
+   * @internal
+   * shedForBudget (BudgetAccount) drops the unfinished message at once and
+   * fails the connection with 1013: the process-wide budget is exhausted.
+   */
+  shedForBudget(): void {
+    const message = this.receiving;
+    if (message !== undefined) {
+      this.dropMessage(message);
+      message.discard = true;
+    }
+    this.releaseBudget();
+    this.host.failInbound(1013, ErrorCode.BudgetExceeded, "server is out of memory for unfinished messages, try again later");
   }
 
   get failure(): CloseError | undefined {
@@ -537,7 +528,7 @@ export class ReadSide extends AbortableLock {
     // before its payload arrives.
     const size = Math.max(message.size, message.declared);
     if (size <= this.readLimit) return true;
-    this.failTooBig(size);
+    this.failTooBig(size, false);
     return false;
   }
 
@@ -545,8 +536,11 @@ export class ReadSide extends AbortableLock {
     return (this.utf8Validator ??= new Utf8Validator());
   }
 
-  private failTooBig(size: number): void {
-    this.host.fail(1009, ErrorCode.MessageTooBig, `message of at least ${size} bytes exceeds the read limit of ${this.readLimit}`);
+  /** failTooBig fails with 1009: in wire order when arriving bytes broke the limit, at once when a read did. */
+  private failTooBig(size: number, arriving: boolean): void {
+    const message = `message of at least ${size} bytes exceeds the read limit of ${this.readLimit}`;
+    if (arriving) this.host.failInbound(1009, ErrorCode.MessageTooBig, message);
+    else this.host.fail(1009, ErrorCode.MessageTooBig, message);
   }
 
   private addBuffered(n: number): void {
@@ -582,6 +576,8 @@ function continueIdleRead(this: ReadSide): void {
  */
 class MessageReadable extends Readable {
   private finished = false;
+  /** Bytes arrived while the stream still held unread ones: pushed at the next read. */
+  private deferred = false;
   private readonly onAbort: (() => void) | undefined;
 
   constructor(
@@ -597,9 +593,22 @@ class MessageReadable extends Readable {
   }
 
   override _read(): void {
+    this.pump();
+  }
+
+  override read(size?: number): unknown {
+    if (this.deferred) {
+      this.deferred = false;
+      this.pump();
+    }
+    return super.read(size);
+  }
+
+  /** pump pushes the bytes that have arrived, ends the stream or fails it, or waits for more. */
+  private pump(): void {
     const { side, message } = this;
-    while (message.hasChunk()) {
-      if (!this.push(side.takeChunk(message))) return;
+    for (let chunk = side.pull(message); chunk !== undefined; chunk = side.pull(message)) {
+      if (!this.push(chunk)) return;
     }
     if (message.complete) {
       this.finish();
@@ -607,9 +616,25 @@ class MessageReadable extends Readable {
     } else if (message.failed) {
       this.destroy(side.failure);
     } else {
-      side.setWake(() => this._read());
+      side.setWake(this.onArrival);
     }
   }
+
+  /**
+   * onArrival is woken by each change of the message. While the stream still
+   * holds bytes its consumer has not read, new bytes wait in the message
+   * (copied together, counted against the unread mark) until the next read:
+   * pushing each fragment at once would keep thousands of tiny chunks, each
+   * a hundred bytes of overhead, in the stream's own buffer.
+   */
+  private readonly onArrival = (): void => {
+    if (this.readableLength > 0 && !this.message.failed) {
+      this.deferred = true;
+      this.side.setWake(this.onArrival);
+      return;
+    }
+    this.pump();
+  };
 
   override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
     if (!this.finished) {

@@ -6,11 +6,13 @@
 import * as http from "node:http";
 import * as https from "node:https";
 import type { Duplex } from "node:stream";
-import { accept, type AcceptOptions, DEFAULT_HANDSHAKE_TIMEOUT } from "./accept.js";
+import { accept, type AcceptOptions } from "./accept.js";
 import { StatusCode } from "./close.js";
-import type { Conn } from "./conn.js";
+import { DEFAULT_HANDSHAKE_TIMEOUT, type Conn } from "./conn.js";
+import { InboundBudget } from "./budget.js";
 import { hasToken } from "./handshake.js";
 import { noop } from "./internal/noop.js";
+import { checkTimeout, isNoTimeout } from "./internal/timeout.js";
 
 /** The largest request head serve accepts, in bytes (Node's default is 16 KiB). */
 export const SERVE_MAX_HEADER_SIZE = 8 * 1024;
@@ -28,13 +30,28 @@ export interface ServeOptions extends AcceptOptions {
   path?: string;
   /** When given, serve HTTPS (wss://) with these options (key, cert, …). */
   tls?: https.ServerOptions;
-  /** Bound on the request head (slowloris), in ms. Default handshakeTimeout, 10000. */
+  /**
+   * Bound on the request head (slowloris), in ms. Default handshakeTimeout,
+   * 10000; 0 or `Infinity` means none. A RangeError for a finite value above
+   * 2^31−1.
+   */
   headersTimeout?: number;
   /** Largest request head in bytes. Default 8192. */
   maxHeaderSize?: number;
+  /**
+   * onError is called with what a handler threw or rejected with, the
+   * connection it was handling and its request; the connection is closed
+   * with 1011 either way. Default: the error is written to stderr with its
+   * stack, once per error object. An error thrown by onError itself is
+   * written to stderr.
+   */
+  onError?: (err: unknown, conn: Conn, req: http.IncomingMessage) => void;
 }
 
-/** Handler is called for every accepted connection. A rejection closes it with 1011. */
+/**
+ * Handler is called for every accepted connection. A throw or rejection
+ * closes it with 1011 and is reported to `onError`.
+ */
 export type Handler = (conn: Conn, req: http.IncomingMessage) => void | Promise<void>;
 
 /**
@@ -47,21 +64,25 @@ export type Handler = (conn: Conn, req: http.IncomingMessage) => void | Promise<
  * or use a Hub). Rejects if the server cannot listen.
  */
 export async function serve(options: ServeOptions, handler: Handler): Promise<http.Server> {
-  const timeout = options.headersTimeout ?? options.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT;
+  const timeout = checkTimeout("headersTimeout", options.headersTimeout ?? options.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT);
+  // node:http takes 0 for none, and refuses Infinity.
+  const nodeTimeout = isNoTimeout(timeout) ? 0 : timeout;
   const serverOptions: http.ServerOptions = {
     maxHeaderSize: options.maxHeaderSize ?? SERVE_MAX_HEADER_SIZE,
-    headersTimeout: timeout,
-    requestTimeout: timeout,
+    headersTimeout: nodeTimeout,
+    requestTimeout: nodeTimeout,
     // Node enforces both timeouts only when it sweeps its connections, every
     // 30 s by default: a slow head would live up to 30 s past the limit.
-    connectionsCheckingInterval: timeout > 0 ? Math.min(timeout, 1000) : undefined,
+    connectionsCheckingInterval: nodeTimeout > 0 ? Math.min(nodeTimeout, 1000) : undefined,
   };
+  // One budget for all of this server's connections, checked before listening.
+  const acceptOptions: ServeOptions = { ...options, inboundBudget: options.inboundBudget ?? InboundBudget.shared };
   const server = options.tls ? https.createServer({ ...serverOptions, ...options.tls }) : http.createServer(serverOptions);
   server.maxHeadersCount = SERVE_MAX_HEADERS;
   server.on("request", answerPlainRequest);
   server.on("clientError", (err: Error & { code?: string }, socket: Duplex) => refuseMalformed(err, socket));
   server.on("upgrade", (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
-    void upgrade(req, socket, head, options, handler);
+    void upgrade(req, socket, head, acceptOptions, handler);
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
@@ -90,17 +111,43 @@ async function upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer, 
   let result: void | Promise<void>;
   try {
     result = handler(conn, req);
-  } catch {
-    return failHandler.call(conn);
+  } catch (err) {
+    return failHandler(err, conn, req, options.onError);
   }
   // Not awaited here: this frame would keep `req` (and `head`) alive for as
-  // long as the connection lives.
-  if (result !== undefined && typeof result.then === "function") Promise.resolve(result).catch(failHandler.bind(conn));
+  // long as the connection lives; the rejection handler keeps it only while
+  // the handler runs.
+  if (result !== undefined && typeof result.then === "function") {
+    Promise.resolve(result).catch(onRejected(conn, options.onError ? req : undefined, options.onError));
+  }
 }
 
-/** failHandler closes a connection whose handler threw or rejected (bound: smaller than a closure). */
-function failHandler(this: Conn): void {
-  this.close(StatusCode.InternalError, "handler failed").catch(noop);
+/** onRejected makes a handler's rejection handler; it keeps the request only for an onError that wants it. */
+function onRejected(conn: Conn, req: http.IncomingMessage | undefined, onError: ServeOptions["onError"]): (err: unknown) => void {
+  return (err) => failHandler(err, conn, req!, onError);
+}
+
+/** failHandler closes a connection whose handler threw or rejected with 1011, and reports the error. */
+function failHandler(err: unknown, conn: Conn, req: http.IncomingMessage, onError: ServeOptions["onError"]): void {
+  conn.close(StatusCode.InternalError, "handler failed").catch(noop);
+  if (onError === undefined) return reportOnce(err);
+  try {
+    onError(err, conn, req);
+  } catch (thrown) {
+    reportOnce(thrown);
+  }
+}
+
+/** Errors already written to stderr: the same error object rejected by many handlers is written once. */
+const reported = new WeakSet<object>();
+
+function reportOnce(err: unknown): void {
+  if (typeof err === "object" && err !== null) {
+    if (reported.has(err)) return;
+    reported.add(err);
+  }
+  const text = err instanceof Error ? (err.stack ?? String(err)) : String(err);
+  process.stderr.write(`wsconn serve: a connection handler failed (the client got 1011): ${text}\n`);
 }
 
 /** destroySocket is the socket's error listener until the connection takes over. */

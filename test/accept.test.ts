@@ -4,7 +4,7 @@ import * as net from "node:net";
 import type { AddressInfo } from "node:net";
 import t, { type Test } from "tap";
 import { accept, type AcceptOptions, type Conn, HandshakeError, isWebSocketUpgrade, MessageType } from "../src/index.js";
-import { DEFAULT_HANDSHAKE_TIMEOUT } from "../src/accept.js";
+import { DEFAULT_HANDSHAKE_TIMEOUT } from "../src/conn-options.js";
 
 const KEY = "dGhlIHNhbXBsZSBub25jZQ==";
 const ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="; // RFC 6455 §1.3

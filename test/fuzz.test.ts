@@ -381,14 +381,15 @@ const FLOODS: FloodCase[] = [
     first: { length: 0 },
   },
   {
-    // 7 bytes on the wire per fragment, ~100 bytes of heap each if all were queued.
-    name: "one message in 100k one-byte fragments",
+    // 7 bytes on the wire per fragment, ~100 bytes of heap each if each were kept apart; they are
+    // copied together, so it takes more than 256 KiB of payload to reach the unread mark.
+    name: "one message in 400k one-byte fragments",
     bytes: () => {
       const frames = [encodeFrame({ opcode: Op.Binary, payload: Buffer.from([1]), fin: false }, true)];
-      for (let i = 1; i < 100_000; i++) frames.push(encodeFrame({ opcode: Op.Continuation, payload: Buffer.from([1]), fin: i === 99_999 }, true));
+      for (let i = 1; i < 400_000; i++) frames.push(encodeFrame({ opcode: Op.Continuation, payload: Buffer.from([1]), fin: i === 399_999 }, true));
       return Buffer.concat(frames);
     },
-    first: { length: 100_000 },
+    first: { length: 400_000 },
   },
 ];
 
