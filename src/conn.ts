@@ -260,9 +260,12 @@ export class Conn implements AsyncIterable<Message> {
     } catch (err) {
       return Promise.reject(err);
     }
-    // A protocol error already found wins over this close.
-    this.failNowIfPending();
-    this.sendClose(new CloseError(code, reason), payload);
+    // A message being compressed when close() is called goes out before the close frame.
+    this.writes.whenSent(() => {
+      // A protocol error already found wins over this close.
+      this.failNowIfPending();
+      this.sendClose(new CloseError(code, reason), payload);
+    });
     return this.closed.then(noop);
   }
 
@@ -422,7 +425,7 @@ export class Conn implements AsyncIterable<Message> {
     // arrive in one TCP read, and the application woken by that message may
     // still reply to it (an echo) before the close goes out. §5.5.1 lets an
     // endpoint finish its current message before answering a close.
-    rare.closeAnswer = setImmediate(() => this.answerClose());
+    rare.closeAnswer = setImmediate(() => this.writes.whenSent(() => this.answerClose()));
   }
 
   /** answerClose echoes the peer's close code, once (https://www.rfc-editor.org/rfc/rfc6455#section-5.5.1). */
@@ -469,7 +472,7 @@ export class Conn implements AsyncIterable<Message> {
    * were complete before the bad frame reach a waiting reader and the
    * replies it writes at once go out before the close frame (as the
    * Autobahn suite expects of cases 3.2–5.15). Bounded: one turn, whether or
-   * not anything reads.
+   * not anything reads, plus the compression of a reply begun in it.
    */
   failInbound(code: number, errorCode: ErrorCode, message: string): void {
     this.inbound.parser.stop();
@@ -477,7 +480,8 @@ export class Conn implements AsyncIterable<Message> {
     if (this.closeError !== undefined) return this.fail(code, errorCode, message);
     if (rare.pendingFailure !== undefined) return;
     rare.pendingFailure = { code, errorCode, message };
-    rare.failTimer = setImmediate(() => this.failNowIfPending());
+    // After one turn, and after a reply being compressed then (zlib works off the thread).
+    rare.failTimer = setImmediate(() => this.writes.whenSent(() => this.failNowIfPending()));
   }
 
   /** failNowIfPending carries out a failure failInbound deferred, if one waits. */

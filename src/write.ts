@@ -12,6 +12,7 @@ import type { CloseError } from "./close.js";
 import { codedError, ErrorCode } from "./errors.js";
 import { firstHeaderByte, frameHeaderSize, MessageType, Opcode, writeFrameHeader } from "./frame.js";
 import { AbortableLock } from "./internal/lock.js";
+import { noop } from "./internal/noop.js";
 import { maskInto, readMaskWord } from "./mask.js";
 import type { MessageDeflater } from "./deflate.js";
 import type { PreparedFrame } from "./prepared.js";
@@ -87,6 +88,8 @@ export class WriteSide extends AbortableLock {
   private drainWaiters: DrainWaiter[] | undefined;
   /** The socket is corked by writeBatched until the next tick. */
   private batching = false;
+  /** A compressed message being compressed: written as soon as zlib is done. */
+  private compressing: Promise<unknown> | undefined;
 
   constructor(
     private readonly socket: Socket,
@@ -142,6 +145,8 @@ export class WriteSide extends AbortableLock {
     }
     const send = async (): Promise<boolean> => {
       const compressed = await compression.deflater.compress(payload, true);
+      // Nothing follows a close frame (RFC 6455 §5.5.1).
+      if (this.error) throw this.error;
       return this.writeFrame(firstHeaderByte(true, true, type), compressed);
     };
     return this.submit(send, signal, payload.length);
@@ -223,6 +228,16 @@ export class WriteSide extends AbortableLock {
     );
   }
 
+  /**
+   * whenSent calls `fn` once a message being compressed now has been
+   * written (at once when none is): a close frame decided meanwhile goes out
+   * after it, not before. Bounded by the compression of one message.
+   */
+  whenSent(fn: () => void): void {
+    if (this.compressing === undefined) return fn();
+    void this.compressing.then(fn);
+  }
+
   /** queuedBytes is the size of the messages waiting for their turn. */
   get queuedBytes(): number {
     return this.queued;
@@ -238,7 +253,12 @@ export class WriteSide extends AbortableLock {
       this.release();
       return RESOLVED;
     }
-    if (sent !== false) return this.afterCompression(sent, signal);
+    if (sent !== false) {
+      const settled = (this.compressing = sent.then(noop, noop).then(() => {
+        if (this.compressing === settled) this.compressing = undefined;
+      }));
+      return this.afterCompression(sent, signal);
+    }
     return this.waitDrainLocked(signal);
   }
 
@@ -255,7 +275,7 @@ export class WriteSide extends AbortableLock {
       },
       (err: unknown) => {
         this.release();
-        this.host.fail(1011, ErrorCode.AbortedMidMessage, "compression failed");
+        if (err !== this.error) this.host.fail(1011, ErrorCode.AbortedMidMessage, "compression failed");
         throw err;
       },
     );

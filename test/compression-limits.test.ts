@@ -12,12 +12,10 @@
  */
 
 import t from "tap";
-import { fork } from "node:child_process";
-import { once } from "node:events";
-import { fileURLToPath } from "node:url";
 import { CloseError, dial, MessageType, type Conn, type CompressionMode } from "../src/index.js";
 import { deflateMessage, frame, memorySample, mib, PeerDeflater, rawUpgrade, startAnsweringServer, type MemorySample, type RawUpgrade } from "./helpers/deflate-peer.js";
 import { OP, rejection, startWsconnServer, type WsconnServer } from "./helpers/interop.js";
+import { startMemoryServer, type MemoryServer } from "./helpers/memory-child.js";
 
 type TestContext = Parameters<Parameters<typeof t.test>[0]>[0];
 
@@ -406,39 +404,6 @@ t.test(`memory per connection, ${CONNECTIONS} connections per mode, wsconn vs ws
 
 function kib(bytes: number): string {
   return `${(bytes / KiB).toFixed(1).padStart(6)} KiB`;
-}
-
-interface MemoryServer {
-  config: { impl: "wsconn" | "ws"; compression: CompressionMode };
-  port: number;
-  /** Resolves with the next message from the child. */
-  reply(): Promise<{ type: string; sample?: MemorySample }>;
-  send(message: unknown): void;
-  stop(): Promise<void>;
-}
-
-/** startMemoryServer forks test/helpers/memory-server.ts with `config` and waits for its port. */
-async function startMemoryServer(config: { impl: "wsconn" | "ws"; compression: CompressionMode }): Promise<MemoryServer> {
-  const child = fork(fileURLToPath(new URL("./helpers/memory-server.ts", import.meta.url)), [JSON.stringify(config)], {
-    // Only the TypeScript loader: tap's process tracking and mocks slow children down.
-    execArgv: process.execArgv.filter((arg) => arg.includes("typescript")),
-    stdio: ["ignore", "inherit", "inherit", "ipc"],
-  });
-  const exited = once(child, "exit");
-  const replies: Array<(m: { type: string; port?: number; sample?: MemorySample }) => void> = [];
-  child.on("message", (m: { type: string }) => replies.shift()?.(m));
-  const reply = (): Promise<{ type: string; port?: number; sample?: MemorySample }> => new Promise((resolve) => replies.push(resolve));
-  const { port } = await reply();
-  return {
-    config,
-    port: port!,
-    reply,
-    send: (message) => child.send(message as never),
-    stop: async () => {
-      if (child.connected) child.send({ type: "exit" });
-      await exited;
-    },
-  };
 }
 
 /** measureServer measures one child server with CONNECTIONS raw clients, then stops it. */

@@ -2,14 +2,15 @@
  * A WebSocket echo server run in a child process (`fork`) so that a test can
  * measure the memory one server implementation needs per connection without
  * the test's own sockets and buffers in the figure. Argument: a JSON config
- * `{ impl: "wsconn" | "ws", compression: "disabled" | "context-takeover" |
- * "no-context-takeover" }`.
+ * (MemoryServerConfig): the implementation, its compression mode, and for
+ * wsconn an InboundBudget limit.
  *
  * IPC protocol (parent -> child):
  * - `{ type: "wait", connections: n }`: answers `{ type: "ready" }` once
  *   exactly n connections are open;
- * - `{ type: "measure" }`: answers `{ type: "sample", sample, connections }`
- *   after a full garbage collection;
+ * - `{ type: "measure" }`: answers `{ type: "sample", sample, connections,
+ *   budget }` after a full garbage collection (`budget`: used, holders and
+ *   shed of the server's InboundBudget);
  * - `{ type: "exit" }`: exits.
  * On start it sends `{ type: "listening", port }`.
  */
@@ -23,12 +24,25 @@ import type { CompressionMode } from "../../src/compress.js";
 
 // Only the implementation measured is loaded (and compiled): the children start faster.
 
-interface Config {
+/** What the child serves. */
+export interface MemoryServerConfig {
   impl: "wsconn" | "ws";
   compression: CompressionMode;
+  /** wsconn: the limit of the server's own InboundBudget (default: the process-wide one). */
+  budget?: number;
 }
 
-const config = JSON.parse(process.argv[2] ?? "{}") as Config;
+/** What the child answers. */
+export interface MemoryReply {
+  type: string;
+  port?: number;
+  sample?: NodeJS.MemoryUsage;
+  connections?: number;
+  budget?: { used: number; holders: number; shed: number };
+}
+
+const config = JSON.parse(process.argv[2] ?? "{}") as MemoryServerConfig;
+let budget: { used: number; holders: number; shed: number } | undefined;
 let open = 0;
 let waitingFor: number | undefined;
 
@@ -70,8 +84,11 @@ async function start(): Promise<number> {
     });
   } else {
     const { accept } = await import("../../src/accept.js");
+    const { InboundBudget } = await import("../../src/budget.js");
+    const inboundBudget = config.budget === undefined ? InboundBudget.shared : new InboundBudget(config.budget);
+    budget = inboundBudget;
     server.on("upgrade", (req, socket, head) => {
-      accept(req, socket, head, { compression: config.compression }).then((conn) => {
+      accept(req, socket, head, { compression: config.compression, inboundBudget }).then((conn) => {
         opened();
         void (async () => {
           try {
@@ -94,7 +111,9 @@ process.on("message", (message: { type: string; connections?: number }) => {
     waitingFor = message.connections!;
     answerWait();
   } else if (message.type === "measure") {
-    send({ type: "sample", sample: memorySample(), connections: open });
+    const sample = memorySample();
+    const b = budget && { used: budget.used, holders: budget.holders, shed: budget.shed };
+    send({ type: "sample", sample, connections: open, budget: b });
   } else if (message.type === "exit") {
     process.exit(0);
   }
