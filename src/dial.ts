@@ -204,6 +204,10 @@ function handshake(target: Target, options: DialOptions, createConnection: Creat
       : startTimer(timeout, () => stop(codedError(ErrorCode.HandshakeTimeout, `failed to dial: handshake not done within ${timeout} ms`)));
     const onAbort = (): void => stop(signal!.reason);
     signal?.addEventListener("abort", onAbort, { once: true });
+    // An abort between two steps (the CONNECT and this request, or two redirect hops) fired no listener.
+    if (signal?.aborted) onAbort();
+    // Set once a refusal's head arrived: from then on readBody settles, with what came of the body.
+    let answered = false;
     /** finish settles once: the first of upgrade, refusal, error, timeout or abort wins. */
     const finish = (settle: () => void): void => {
       if (settled) return;
@@ -213,9 +217,12 @@ function handshake(target: Target, options: DialOptions, createConnection: Creat
       settle();
     };
     request.on("error", (err) => {
+      // A reset mid-body: the refusal is the answer (readBody ends with the socket's close).
+      if (answered && stopped === undefined) return;
       finish(() => reject(stopped ?? wrapError("failed to dial", err)));
     });
     request.on("response", (res) => {
+      answered = true;
       const socket = res.socket;
       readBody(res, (body, whole) => {
         // Without an agent nobody reuses the socket: free it even if the server keeps it alive.

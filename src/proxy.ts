@@ -214,8 +214,8 @@ function openTunnel(proxy: URL, authority: string, headers: http.OutgoingHttpHea
     method: "CONNECT",
     path: authority,
     headers,
-    agent: false,
-    ...(options.createConnection && { createConnection: options.createConnection as http.RequestOptions["createConnection"] }),
+    // With `agent: false` node:http makes an Agent of its own, which ignores createConnection: give one or the other.
+    ...(options.createConnection ? { createConnection: options.createConnection as http.RequestOptions["createConnection"] } : { agent: false }),
   });
   const pending: ProxyRequest = { request, name: proxy.host, hasCredentials: proxy.username !== "" };
   return new Promise<net.Socket>((resolve, reject) => {
@@ -254,6 +254,8 @@ function bound(pending: ProxyRequest, options: ProxyDialOptions, reject: (err: u
       });
   const onAbort = (): void => stop(signal!.reason);
   signal?.addEventListener("abort", onAbort, { once: true });
+  // An abort between two redirect hops fired no listener.
+  if (signal?.aborted) onAbort();
   const done = (): void => {
     clearTimeout(timer);
     signal?.removeEventListener("abort", onAbort);

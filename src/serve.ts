@@ -7,10 +7,11 @@ import * as http from "node:http";
 import * as https from "node:https";
 import type { Duplex } from "node:stream";
 import { accept, type AcceptOptions } from "./accept.js";
-import { StatusCode } from "./close.js";
-import { DEFAULT_HANDSHAKE_TIMEOUT, type Conn } from "./conn.js";
 import { InboundBudget } from "./budget.js";
-import { hasToken } from "./handshake.js";
+import { StatusCode } from "./close.js";
+import { checkCompressionOptions } from "./compress.js";
+import { checkConnOptions, DEFAULT_HANDSHAKE_TIMEOUT, type Conn } from "./conn.js";
+import { checkHeaders, hasToken } from "./handshake.js";
 import { noop } from "./internal/noop.js";
 import { checkTimeout, isNoTimeout } from "./internal/timeout.js";
 
@@ -61,9 +62,14 @@ export type Handler = (conn: Conn, req: http.IncomingMessage) => void | Promise<
  * most `maxHeaderSize` bytes with at most 64 headers; plain HTTP requests are
  * answered 426 Upgrade Required. Resolves with the listening server; close it
  * with `server.close()`, which leaves open connections to you (close them,
- * or use a Hub). Rejects if the server cannot listen.
+ * or use a Hub). Rejects if the server cannot listen, and with a RangeError,
+ * TypeError or coded error for invalid options, before listening.
  */
 export async function serve(options: ServeOptions, handler: Handler): Promise<http.Server> {
+  // Misconfiguration fails here, before listening, not as a 500 on every upgrade.
+  checkHeaders(options.headers);
+  checkCompressionOptions(options);
+  checkConnOptions(options);
   const timeout = checkTimeout("headersTimeout", options.headersTimeout ?? options.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT);
   // node:http takes 0 for none, and refuses Infinity.
   const nodeTimeout = isNoTimeout(timeout) ? 0 : timeout;
