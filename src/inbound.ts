@@ -208,6 +208,8 @@ export class Inbound implements FrameSink, ReadHost {
       this.reads.endMessage();
       this.resumeFor(PAUSE_INFLATING);
       this.parser.resume();
+      // The bytes held meanwhile may have begun the next compressed message: hand them over now.
+      if (this.inflateBatch !== undefined) this.flushInflate();
     });
   }
 }

@@ -8,7 +8,7 @@ import * as https from "node:https";
 import type { Duplex } from "node:stream";
 import { accept, type AcceptOptions } from "./accept.js";
 import { InboundBudget } from "./budget.js";
-import { StatusCode } from "./close.js";
+import { CloseError, StatusCode } from "./close.js";
 import { checkCompressionOptions } from "./compress.js";
 import { checkConnOptions, DEFAULT_HANDSHAKE_TIMEOUT, type Conn } from "./conn.js";
 import { checkHeaders, hasToken } from "./handshake.js";
@@ -44,7 +44,9 @@ export interface ServeOptions extends AcceptOptions {
    * connection it was handling and its request; the connection is closed
    * with 1011 either way. Default: the error is written to stderr with its
    * stack, once per error object. An error thrown by onError itself is
-   * written to stderr.
+   * written to stderr. A handler that ends with a CloseError once its
+   * connection is closing (a `for await` loop over a connection the peer
+   * closed or dropped) has not failed: that is not reported.
    */
   onError?: (err: unknown, conn: Conn, req: http.IncomingMessage) => void;
 }
@@ -133,8 +135,14 @@ function onRejected(conn: Conn, req: http.IncomingMessage | undefined, onError: 
   return (err) => failHandler(err, conn, req!, onError);
 }
 
-/** failHandler closes a connection whose handler threw or rejected with 1011, and reports the error. */
+/**
+ * failHandler closes a connection whose handler threw or rejected with 1011,
+ * and reports the error. A CloseError thrown once the connection is closing
+ * is how it ended (a `for await` over a connection the peer dropped), not a
+ * failure of the handler: nothing to close or report.
+ */
 function failHandler(err: unknown, conn: Conn, req: http.IncomingMessage, onError: ServeOptions["onError"]): void {
+  if (err instanceof CloseError && conn.closing) return;
   conn.close(StatusCode.InternalError, "handler failed").catch(noop);
   if (onError === undefined) return reportOnce(err);
   try {
