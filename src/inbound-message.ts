@@ -29,6 +29,14 @@ const TAIL_MAX = 16 * 1024;
 /** Room left in an owned buffer below which it is not worth keeping. */
 const TAIL_KEEP_MIN = 64;
 
+/**
+ * Socket reads up to this size may be kept whole behind a small message that
+ * is one of several in them (pipelined small messages, the common case):
+ * the message is then charged the whole read, which bounds what it pins,
+ * and no copy is made.
+ */
+const SMALL_READ = 4096;
+
 const EMPTY = Buffer.alloc(0);
 
 /**
@@ -71,8 +79,6 @@ export class InboundMessage {
   streamed = false;
   /** Its reader stream was destroyed: later bytes are validated, then dropped. */
   discard = false;
-  /** What of `held` is charged to the process-wide budget (see InboundBudget). */
-  budgeted = 0;
   /** The message queued after it. */
   next: InboundMessage | undefined;
   /**
@@ -94,13 +100,12 @@ export class InboundMessage {
     const length = chunk.length;
     this.size += length;
     if (length === 0) return;
+    // The common case first: a whole message in one chunk.
+    if (last && this.pieces.length === 0 && this.tail === undefined) return this.keepWhole(chunk);
     if (this.tail !== undefined && this.tail.length - this.tailFill >= length) {
       chunk.copy(this.tail, this.tailFill);
       this.tailFill += length;
       return;
-    }
-    if (last && this.pieces.length === this.taken && this.tail === undefined) {
-      return this.addPiece(keepsView(chunk) ? chunk : copyOf(chunk));
     }
     if (length >= VIEW_MIN && keepsView(chunk)) {
       this.sealTail();
@@ -113,6 +118,22 @@ export class InboundMessage {
     this.openTail(length);
     chunk.copy(this.tail!, 0);
     this.tailFill = length;
+  }
+
+  /**
+   * keepWhole keeps a message that came whole in one chunk: as a view when
+   * the chunk is most of its socket read, or when that read is small (the
+   * message is then charged the whole read, which bounds what it pins);
+   * else as a copy of its own size.
+   */
+  private keepWhole(chunk: Buffer): void {
+    const read = chunk.buffer.byteLength;
+    if (keepsView(chunk) || read <= SMALL_READ) {
+      this.pieces.push(chunk);
+      this.held += Math.max(read, chunk.length) + PIECE_COST;
+      return;
+    }
+    this.addPiece(copyOf(chunk));
   }
 
   /** hasChunk tells whether bytes are waiting to be taken (sealing the owned buffer's part). */
@@ -128,7 +149,11 @@ export class InboundMessage {
     this.held -= piece.length + PIECE_COST;
     if (this.maskKey !== 0) maskWithWord(piece, this.maskKey, this.takenBytes);
     this.takenBytes += piece.length;
-    if (this.taken === this.pieces.length) this.reset();
+    if (this.taken === this.pieces.length) {
+      this.reset();
+      // All that is left is the owned buffer's room (a piece kept with its small read was charged the read).
+      this.held = this.tail === undefined ? 0 : this.tail.length + PIECE_COST;
+    }
     return piece;
   }
 
@@ -137,6 +162,7 @@ export class InboundMessage {
    * masked message is unmasked in the same pass that copies it together.
    */
   takeRest(): Buffer {
+    if (this.tail === undefined && this.pieces.length === 1 && this.taken === 0) return this.takeOnly();
     if (!this.hasChunk()) return this.drop();
     if (this.pieces.length - this.taken === 1) {
       const piece = this.nextChunk();
@@ -153,6 +179,16 @@ export class InboundMessage {
     this.takenBytes = this.size;
     this.drop();
     return rest;
+  }
+
+  /** takeOnly takes the message's one piece, unmasked. */
+  private takeOnly(): Buffer {
+    const piece = this.pieces[0]!;
+    this.pieces.length = 0;
+    this.held = 0;
+    if (this.maskKey !== 0) maskWithWord(piece, this.maskKey, 0);
+    this.takenBytes = piece.length;
+    return piece;
   }
 
   /** drop lets go of every byte kept; returns an empty buffer. */

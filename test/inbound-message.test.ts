@@ -72,6 +72,13 @@ t.test("a chunk is kept as a view only when it is most of its buffer", async (t)
   t.not(out.buffer, read.buffer, "10 bytes of a 64 KiB read are copied: they would pin it all");
   t.same(out, view);
 
+  const pipelined = Buffer.alloc(608, 2); // 16 small messages in one socket read
+  const one = new InboundMessage(MessageType.Binary);
+  one.append(pipelined.subarray(6, 38), true);
+  t.equal(one.held, 608 + PIECE_COST, "a small message in a small read keeps its view, charged the whole read");
+  t.equal(one.takeRest().buffer, pipelined.buffer, "no copy");
+  t.equal(one.held, 0);
+
   const half = new InboundMessage(MessageType.Binary);
   half.append(read.subarray(0, 40 * KiB), false);
   half.append(read.subarray(40 * KiB), true);
