@@ -17,7 +17,7 @@ import t from "tap";
 import { CloseError, ErrorCode, type CompressionMode, type Conn } from "../src/index.js";
 import { deflateMessage, inflateMessage } from "./helpers/deflate-peer.js";
 import { rng } from "./helpers/interop.js";
-import { startServer } from "./helpers/peers.js";
+import { echoOutcome, startServer } from "./helpers/peers.js";
 import { frame, Op, rawConnect, RSV1, type RawFrame, type RawPeer, type ReceivedFrame } from "./helpers/raw-peer.js";
 
 type TestContext = Parameters<Parameters<typeof t.test>[0]>[0];
@@ -106,21 +106,12 @@ const CASES: Case[] = [
   },
 ];
 
-/** runEcho is the application: every message written back as it is read. It never throws. */
-async function runEcho(conn: Conn): Promise<unknown> {
-  try {
-    for await (const m of conn) await conn.write(m.type, m.data);
-    return undefined;
-  } catch (err) {
-    return err;
-  }
-}
 
 /** open starts a wsconn server in `mode` with an echo loop and no close timeout, and connects a raw deflate client. */
 async function open(t: TestContext, mode: CompressionMode): Promise<{ peer: RawPeer; conn: Conn; echo: Promise<unknown> }> {
   let echo: Promise<unknown> | undefined;
   const srv = await startServer({ compression: mode, closeTimeout: Infinity, readLimit: READ_LIMIT }, (conn) => {
-    echo = runEcho(conn);
+    echo = echoOutcome(conn);
   });
   t.teardown(() => srv.close());
   const accepted = srv.nextConn();
@@ -134,16 +125,6 @@ async function open(t: TestContext, mode: CompressionMode): Promise<{ peer: RawP
   return { peer, conn, echo: echo! };
 }
 
-/** receiveAll reads frames until the server ends TCP (nextFrame's 5 s guard only turns a hang into a failure). */
-async function receiveAll(peer: RawPeer): Promise<{ frames: ReceivedFrame[]; end: string }> {
-  const frames: ReceivedFrame[] = [];
-  for (;;) {
-    const f = await peer.nextFrame();
-    if (f === "timeout") return { frames, end: "timeout" };
-    if (f === null) return { frames, end: peer.parseError ?? "eof" };
-    frames.push(f);
-  }
-}
 
 /** original returns what a frame from the server carried: inflated when RSV1 says it is compressed. */
 function original(f: ReceivedFrame): Buffer {
@@ -162,7 +143,7 @@ for (const mode of ["no-context-takeover", "context-takeover"] as CompressionMod
       await t.test(c.name, { timeout: 5_000 }, async (t) => {
         const { peer, conn, echo } = await open(t, mode);
         await peer.send(c.frames, "whole");
-        const got = await receiveAll(peer);
+        const got = await peer.receiveAll();
         t.equal(got.end, "eof", "the server ended TCP after its close frame");
         const closeAt = got.frames.findIndex((f) => f.opcode === Op.Close);
         t.not(closeAt, -1, "a close frame was sent");
@@ -205,7 +186,7 @@ for (const mode of ["no-context-takeover", "context-takeover"] as CompressionMod
     const { peer, conn, echo } = await open(t, mode);
     // LONG takes zlib a few milliseconds: the close answer must wait for it, not overtake it.
     await peer.send([frame.text(deflateMessage(LONG), { rsv: RSV1 }), frame.close(1000)], "whole");
-    const got = await receiveAll(peer);
+    const got = await peer.receiveAll();
     t.same(
       got.frames.map((f) => describe(f.opcode, f.opcode === Op.Close ? f.payload : original(f))),
       [describe(Op.Text, LONG), describe(Op.Close, Buffer.from([0x03, 0xe8]))],

@@ -8,27 +8,13 @@
  */
 
 import type * as http from "node:http";
-import type { AddressInfo } from "node:net";
 import t, { type Test } from "tap";
-import { CloseError, dial, MessageType, serve, type CloseInfo, type Conn, type Handler, type ServeOptions } from "../src/index.js";
+import { CloseError, dial, MessageType, type CloseInfo, type Conn, type Handler } from "../src/index.js";
+import { startServe } from "./helpers/peers.js";
 
 /** What serve writes to stderr for a failed handler starts with this. */
 const PREFIX = "wsconn serve: a connection handler failed (the client got 1011): ";
 
-/** startServe runs serve on 127.0.0.1:0 and closes it, and every connection, after the test. */
-async function startServe(t: Test, options: ServeOptions, handler: Handler): Promise<{ server: http.Server; port: number }> {
-  const conns: Conn[] = [];
-  const server = await serve({ host: "127.0.0.1", ...options }, (conn, req) => {
-    conns.push(conn);
-    return handler(conn, req);
-  });
-  t.teardown(async () => {
-    for (const c of conns) c.closeNow();
-    server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
-  });
-  return { server, port: (server.address() as AddressInfo).port };
-}
 
 /**
  * captureStderr replaces process.stderr.write until the test ends: what

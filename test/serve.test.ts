@@ -7,23 +7,10 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t, { type Test } from "tap";
-import { CloseError, type Conn, dial, HandshakeError, MessageType, serve, type Handler, type ServeOptions } from "../src/index.js";
+import { CloseError, type Conn, dial, HandshakeError, MessageType, serve, type Handler } from "../src/index.js";
 import { SERVE_MAX_HEADER_SIZE, SERVE_MAX_HEADERS } from "../src/serve.js";
+import { startServe } from "./helpers/peers.js";
 
-/** startServe runs serve on 127.0.0.1:0 and closes it, and every connection, after the test. */
-async function startServe(t: Test, options: ServeOptions, handler: Handler): Promise<{ server: http.Server; port: number; conns: Conn[] }> {
-  const conns: Conn[] = [];
-  const server = await serve({ host: "127.0.0.1", ...options }, (conn, req) => {
-    conns.push(conn);
-    return handler(conn, req);
-  });
-  t.teardown(async () => {
-    for (const c of conns) c.closeNow();
-    server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
-  });
-  return { server, port: (server.address() as AddressInfo).port, conns };
-}
 
 /** echo answers every message until the connection ends. */
 async function echo(conn: Conn): Promise<void> {

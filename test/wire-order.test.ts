@@ -17,7 +17,7 @@
 import t from "tap";
 import { CloseError, dial, ErrorCode, MessageType, type Conn } from "../src/index.js";
 import { rejection } from "./helpers/interop.js";
-import { startServer } from "./helpers/peers.js";
+import { echoOutcome, startServer } from "./helpers/peers.js";
 import { frame, Op, rawConnect, RSV1, RSV2, RSV3, startRawServer, type RawFrame, type RawPeer, type ReceivedFrame } from "./helpers/raw-peer.js";
 
 type TestContext = Parameters<Parameters<typeof t.test>[0]>[0];
@@ -187,15 +187,6 @@ interface Opened {
   echo: Promise<unknown> | undefined;
 }
 
-/** runEcho is the application: every message written back as it is read. It never throws. */
-async function runEcho(conn: Conn): Promise<unknown> {
-  try {
-    for await (const m of conn) await conn.write(m.type, m.data);
-    return undefined;
-  } catch (err) {
-    return err;
-  }
-}
 
 /**
  * open connects a raw peer to a wsconn Conn in `role`, starting the echo loop
@@ -205,7 +196,7 @@ async function open(t: TestContext, role: Role, echo: boolean): Promise<Opened> 
   if (role === "server") {
     let echoing: Promise<unknown> | undefined;
     const srv = await startServer({ readLimit: READ_LIMIT }, (conn) => {
-      if (echo) echoing = runEcho(conn);
+      if (echo) echoing = echoOutcome(conn);
     });
     t.teardown(() => srv.close());
     const accepted = srv.nextConn();
@@ -226,7 +217,7 @@ async function open(t: TestContext, role: Role, echo: boolean): Promise<Opened> 
     peer.destroy();
     conn.closeNow();
   });
-  return { peer, conn, echo: echo ? runEcho(conn) : undefined };
+  return { peer, conn, echo: echo ? echoOutcome(conn) : undefined };
 }
 
 /** What the raw peer received: every frame up to the end of the stream, and how the stream ended. */
@@ -235,16 +226,6 @@ interface Received {
   end: "eof" | "timeout" | string;
 }
 
-/** receiveAll reads frames until wsconn ends TCP (the 5 s guard of nextFrame only turns a hang into a failure). */
-async function receiveAll(peer: RawPeer): Promise<Received> {
-  const frames: ReceivedFrame[] = [];
-  for (;;) {
-    const f = await peer.nextFrame();
-    if (f === "timeout") return { frames, end: "timeout" };
-    if (f === null) return { frames, end: peer.parseError ?? "eof" };
-    frames.push(f);
-  }
-}
 
 const OPCODE_NAMES: Record<number, string> = { 0: "cont", 1: "text", 2: "binary", 8: "close", 9: "ping", 10: "pong" };
 
@@ -308,7 +289,7 @@ for (const role of ["server", "client"] as Role[]) {
         // A message checked when read, behind one being echoed: the ping is parsed (and answered) first.
         const queued = bad.checkedWhenRead === true && valid.frames.length > 0;
         const wanted = queued ? [pong(TRAILING_PING), ...valid.echoes] : valid.echoes;
-        checkFailure(t, role, await receiveAll(peer), wanted, bad.code, queued);
+        checkFailure(t, role, await peer.receiveAll(), wanted, bad.code, queued);
         await finishClose(t, opened, bad.code);
         const err = await opened.echo;
         t.type(err, CloseError, "the echo loop ended with a CloseError");
@@ -323,7 +304,7 @@ for (const role of ["server", "client"] as Role[]) {
     const message = Buffer.from("nobody is reading yet");
     await peer.send([frame.text(message), frame.text("Hello, world!", { rsv: RSV2 }), frame.ping(TRAILING_PING)], "whole");
     // Nothing reads: the failure must not wait for a read to take it.
-    checkFailure(t, role, await receiveAll(peer), [], 1002);
+    checkFailure(t, role, await peer.receiveAll(), [], 1002);
     const m = await conn.read();
     t.equal(m.type, MessageType.Text, "the message before the bad frame is still readable");
     t.ok(m.data.equals(message), "byte-exact");

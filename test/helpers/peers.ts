@@ -6,7 +6,7 @@
 import * as http from "node:http";
 import * as net from "node:net";
 import type { AddressInfo } from "node:net";
-import { accept, MessageType, type AcceptOptions, type Conn } from "../../src/index.js";
+import { accept, MessageType, serve, type AcceptOptions, type Conn, type Handler, type ServeOptions } from "../../src/index.js";
 
 /** A wsconn server on an ephemeral port, handing each Conn to `onConn`. */
 export interface TestServer {
@@ -58,11 +58,37 @@ export async function startServer(options: AcceptOptions = {}, onConn?: (conn: C
 
 /** echo answers every message with itself until the connection closes. */
 export async function echo(conn: Conn): Promise<void> {
+  await echoOutcome(conn);
+}
+
+/** echoOutcome echoes like `echo` and settles with what the loop threw (undefined if it ended quietly). It never throws. */
+export async function echoOutcome(conn: Conn): Promise<unknown> {
   try {
     for await (const msg of conn) await conn.write(msg.type, msg.data);
-  } catch {
-    // the test looks at conn.closed
+    return undefined;
+  } catch (err) {
+    return err;
   }
+}
+
+/** What tap's teardown needs: helpers here take the test to close what they open. */
+interface Teardown {
+  teardown(fn: () => unknown): void;
+}
+
+/** startServe runs serve on 127.0.0.1:0 and closes it, and every connection, after the test. */
+export async function startServe(t: Teardown, options: ServeOptions, handler: Handler): Promise<{ server: http.Server; port: number; conns: Conn[] }> {
+  const conns: Conn[] = [];
+  const server = await serve({ host: "127.0.0.1", ...options }, (conn, req) => {
+    conns.push(conn);
+    return handler(conn, req);
+  });
+  t.teardown(async () => {
+    for (const c of conns) c.closeNow();
+    server.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  return { server, port: (server.address() as AddressInfo).port, conns };
 }
 
 /** roundTrip sends one text message, returns the echo, then closes `conn`. */

@@ -291,6 +291,21 @@ export class RawPeer {
     }
   }
 
+  /**
+   * receiveAll reads frames until the other side ends TCP; `end` says how it
+   * ended: "eof", "timeout" (nextFrame's guard turned a hang into a failure)
+   * or why the bytes could not be parsed.
+   */
+  async receiveAll(): Promise<{ frames: ReceivedFrame[]; end: string }> {
+    const frames: ReceivedFrame[] = [];
+    for (;;) {
+      const f = await this.nextFrame();
+      if (f === "timeout") return { frames, end: "timeout" };
+      if (f === null) return { frames, end: this.parseError ?? "eof" };
+      frames.push(f);
+    }
+  }
+
   /** Why the other side's bytes could not be parsed, if they could not. */
   get parseError(): string | undefined {
     return this.reader.error;
