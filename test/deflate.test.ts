@@ -17,7 +17,7 @@ import { binaryPayload, rng, textPayload } from "./helpers/interop.js";
 const SIZES = [0, 1, 125, 1000, 65536, 300_000];
 
 /** inflateAll runs one message through a MessageInflater and returns its output. */
-function inflateAll(inflater: MessageInflater, chunks: Buffer[], out: Buffer[]): Promise<void> {
+function inflateAll(inflater: MessageInflater, chunks: Buffer[], _out: Buffer[]): Promise<void> {
   for (const c of chunks) inflater.write(c);
   return new Promise((resolve) => inflater.end(resolve));
 }

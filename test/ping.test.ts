@@ -176,7 +176,10 @@ t.test("a peer that stops reading gets one pong, for its latest ping, once the s
   let binaries = 0;
   for (;;) {
     const f = await peer.nextFrame();
-    if (f === null || f === "timeout") return t.fail(`stream ended early: ${String(f)}`);
+    if (f === null || f === "timeout") {
+      t.fail(`stream ended early: ${String(f)}`);
+      return;
+    }
     if (f.opcode === Op.Pong) pongs.push(f.payload.toString());
     if (f.opcode === Op.Binary) binaries++;
     if (f.opcode === Op.Text) break;
