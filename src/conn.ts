@@ -246,7 +246,8 @@ export class Conn implements AsyncIterable<Message> {
    * (default 1000) and `reason` (at most 123 bytes), waits for the peer's close
    * frame and for the TCP connection to end, and resolves then. After
    * `closeTimeout` (5 s by default) it drops the socket instead; `closed` then
-   * reports `wasClean: false`. Pending reads and writes reject with a
+   * reports `wasClean: false`. A message still being compressed when close
+   * is called goes out first; pending reads and writes reject with a
    * CloseError. Calling it again, or after the peer closed, waits for the
    * same end. Rejects with a RangeError for a code that may not be sent or a
    * reason that is too long.
