@@ -87,9 +87,10 @@ export class InboundBudget {
   adjust(account: BudgetAccount, delta: number): void {
     if (delta === 0 || (delta < 0 && account.budgeted === 0)) return;
     if (account.budgeted === 0) this.link(account);
-    const released = delta < 0 ? Math.min(-delta, account.budgeted) : 0;
-    account.budgeted += delta < 0 ? -released : delta;
-    this.usedBytes += delta < 0 ? -released : delta;
+    // A release takes back at most what the account holds.
+    const applied = delta < 0 ? -Math.min(-delta, account.budgeted) : delta;
+    account.budgeted += applied;
+    this.usedBytes += applied;
     if (account.budgeted === 0) this.unlink(account);
     if (delta > 0 && this.usedBytes > this.limit && !this.shedding) this.shedOverflow();
   }

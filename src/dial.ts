@@ -199,9 +199,8 @@ function handshake(target: Target, options: DialOptions, createConnection: Creat
       stopped ??= why;
       request.destroy(why as Error);
     };
-    const timer = isNoTimeout(timeout)
-      ? undefined
-      : startTimer(timeout, () => stop(codedError(ErrorCode.HandshakeTimeout, `failed to dial: handshake not done within ${timeout} ms`)));
+    // dial hands each step what is left of its deadline: at least 1 ms, or Infinity (no timer).
+    const timer = startTimer(timeout, () => stop(codedError(ErrorCode.HandshakeTimeout, `failed to dial: handshake not done within ${timeout} ms`)));
     const onAbort = (): void => stop(signal!.reason);
     signal?.addEventListener("abort", onAbort, { once: true });
     // An abort between two steps (the CONNECT and this request, or two redirect hops) fired no listener.

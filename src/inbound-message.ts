@@ -130,7 +130,7 @@ export class InboundMessage {
     const read = chunk.buffer.byteLength;
     if (keepsView(chunk) || read <= SMALL_READ) {
       this.pieces.push(chunk);
-      this.held += Math.max(read, chunk.length) + PIECE_COST;
+      this.held += read + PIECE_COST;
       return;
     }
     this.addPiece(copyOf(chunk));

@@ -9,7 +9,7 @@ import * as net from "node:net";
 import type { Duplex } from "node:stream";
 import * as tls from "node:tls";
 import { codedError, ErrorCode, HandshakeError, wrapError } from "./errors.js";
-import { isNoTimeout, startTimer } from "./internal/timeout.js";
+import { startTimer } from "./internal/timeout.js";
 
 /** Where dial connects: host and port, or a unix socket path. */
 export interface DialTarget {
@@ -247,11 +247,10 @@ function bound(pending: ProxyRequest, options: ProxyDialOptions, reject: (err: u
     reason = why;
     pending.request.destroy(new Error("CONNECT stopped")); // 'error' then rejects with `reason`
   };
-  const timer = isNoTimeout(timeout)
-    ? undefined
-    : startTimer(timeout, () => {
-        stop(codedError(ErrorCode.HandshakeTimeout, `failed to dial: proxy ${pending.name} did not answer CONNECT within ${timeout} ms`));
-      });
+  // dial hands this step what is left of its deadline: at least 1 ms, or Infinity (no timer).
+  const timer = startTimer(timeout, () => {
+    stop(codedError(ErrorCode.HandshakeTimeout, `failed to dial: proxy ${pending.name} did not answer CONNECT within ${timeout} ms`));
+  });
   const onAbort = (): void => stop(signal!.reason);
   signal?.addEventListener("abort", onAbort, { once: true });
   // An abort between two redirect hops fired no listener.
