@@ -11,14 +11,14 @@
  * @packageDocumentation
  */
 
-export { accept, type AcceptOptions } from "./accept.js";
-export { serve, type ServeOptions, type Handler } from "./serve.js";
-export { dial, type DialOptions } from "./dial.js";
-export { Conn, type CloseInfo, type ConnOptions, type HandshakeTimeouts } from "./conn.js";
-export { InboundBudget, DEFAULT_INBOUND_BUDGET } from "./budget.js";
-export type { Message, StreamedMessage } from "./read.js";
-export type { MessageData } from "./write.js";
-export { MessageType } from "./frame.js";
+export { accept, type AcceptOptions } from "./server/accept.js";
+export { serve, type ServeOptions, type Handler } from "./server/serve.js";
+export { dial, type DialOptions } from "./client/dial.js";
+export { Conn, type CloseInfo, type ConnOptions, type HandshakeTimeouts } from "./conn/conn.js";
+export { InboundBudget, DEFAULT_INBOUND_BUDGET } from "./conn/options.js";
+export type { Message, StreamedMessage } from "./conn/read.js";
+export type { MessageData } from "./conn/write.js";
+export { MessageType } from "./protocol/frame.js";
 export {
   StatusCode,
   CloseError,
@@ -26,14 +26,14 @@ export {
   isCloseError,
   isUnexpectedCloseError,
   type CloseErrorOptions,
-} from "./close.js";
-export { HandshakeError, ErrorCode, type CodedError } from "./errors.js";
-export { isWebSocketUpgrade } from "./upgrade.js";
-export { PreparedMessage } from "./prepared.js";
-export { netConn, type NetConn } from "./netconn.js";
-export { messageStream, type MessageStream, type OutgoingMessage } from "./message-stream.js";
-export { readJSON, writeJSON } from "./json.js";
-export type { CompressionMode, CompressionOptions } from "./compress.js";
+} from "./protocol/close.js";
+export { HandshakeError, ErrorCode, type CodedError } from "./protocol/errors.js";
+export { isWebSocketUpgrade } from "./protocol/handshake.js";
+export { PreparedMessage } from "./conn/write.js";
+export { netConn, type NetConn } from "./adapters/netconn.js";
+export { messageStream, type MessageStream, type OutgoingMessage } from "./adapters/messages.js";
+export { readJSON, writeJSON } from "./adapters/messages.js";
+export type { CompressionMode, CompressionOptions } from "./protocol/handshake.js";
 export {
   Hub,
   DEFAULT_MAX_QUEUED_BYTES,
@@ -43,7 +43,7 @@ export {
   type AddOptions,
   type SendOptions,
   type SlowPolicy,
-} from "./hub.js";
-export { HubClient } from "./hub-client.js";
-export type { HeartbeatOptions } from "./hub-heartbeat.js";
-export { MemoryBus, RedisBus, type HubBus, type BusListener, type RedisPublisher, type RedisSubscriber } from "./hub-bus.js";
+} from "./hub/hub.js";
+export { HubClient } from "./hub/client.js";
+export type { HeartbeatOptions } from "./hub/client.js";
+export { MemoryBus, RedisBus, type HubBus, type BusListener, type RedisPublisher, type RedisSubscriber } from "./hub/bus.js";

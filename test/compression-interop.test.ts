@@ -14,7 +14,7 @@
 import t from "tap";
 import type { WebSocket, PerMessageDeflateOptions } from "ws";
 import { dial, HandshakeError, MessageType, type Conn, type CompressionMode } from "../src/index.js";
-import { clientOffer } from "../src/compress.js";
+import { clientOffer } from "../src/protocol/handshake.js";
 import {
   openUndici,
   binaryPayload,

@@ -7,17 +7,26 @@
  *   connections and carries each to its own TCP connection to ADDR.
  *
  * Each connection gets one access log line on stderr when it ends.
+ *
+ * WebSocket has no half close (https://www.rfc-editor.org/rfc/rfc6455#section-7):
+ * once either side ends, the tunnel closes both directions. An orderly end
+ * travels as a 1000 close and arrives as EOF on the other side's TCP
+ * connection; a failure (a reset, an error, an abnormal close) travels as
+ * 1011 or 1006 and arrives as a TCP reset, so neither end mistakes a broken
+ * stream for a complete one.
  */
 
-import * as net from "node:net";
+import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
-import { StatusCode } from "../close.js";
-import type { Conn } from "../conn.js";
-import { dial, type DialOptions } from "../dial.js";
-import { serve } from "../serve.js";
-import { checkUrl, DIAL_HELP, DIAL_OPTIONS, dialOptions, formatHostPort, hostPort, parse, SERVER_HELP, SERVER_OPTIONS, serverOptions, text, UsageError, type HostPort } from "./args.js";
-import { accessLine, bridge, outcome } from "./bridge.js";
-import { describe, log, type Context } from "./runtime.js";
+import { netConn } from "../adapters/netconn.js";
+import { dial, type DialOptions } from "../client/dial.js";
+import type { CloseInfo, Conn } from "../conn/conn.js";
+import { noop } from "../internal/waiting.js";
+import { closeStatus, StatusCode } from "../protocol/close.js";
+import { MessageType } from "../protocol/frame.js";
+import { serve } from "../server/serve.js";
+import { checkUrl, type Context, describe, DIAL_HELP, DIAL_OPTIONS, dialOptions, formatHostPort, hostPort, type HostPort, isNormalClose, log, parse, SERVER_HELP, SERVER_OPTIONS, serverOptions, text, UsageError } from "./runtime.js";
+import * as net from "node:net";
 
 /** How long serve waits for the forward target to accept a connection, in ms. */
 const FORWARD_CONNECT_TIMEOUT = 10_000;
@@ -158,4 +167,68 @@ function listenOn(server: net.Server, address: HostPort): Promise<void> {
 function required(value: string | undefined, option: string): string {
   if (value === undefined) throw new UsageError(`missing ${option}`);
   return value;
+}
+
+/** BridgeResult is how a bridged connection went, for the access log. */
+export interface BridgeResult {
+  close: CloseInfo;
+  /** The first error seen on either side, if any. */
+  error: string | undefined;
+  /** Bytes read from the TCP socket (sent over the WebSocket). */
+  tcpRead: number;
+  /** Bytes written to the TCP socket (received over the WebSocket). */
+  tcpWritten: number;
+  /** How long the connection lived, in ms. */
+  ms: number;
+}
+
+/**
+ * bridge pipes `tcp` and `conn` both ways until both are closed, and
+ * resolves with what happened. `tcp` should allow half-open (so the bytes in
+ * flight when its peer ends still reach it) and may be paused.
+ */
+export async function bridge(tcp: Socket, conn: Conn, started = performance.now()): Promise<BridgeResult> {
+  let error: string | undefined;
+  const note = (err: unknown): void => void (error ??= describe(err));
+  if (tcp.destroyed) {
+    await conn.close(StatusCode.NormalClosure).catch(noop);
+  } else {
+    const tcpClosed = new Promise((resolve) => tcp.once("close", resolve));
+    wire(tcp, conn, note);
+    await tcpClosed;
+  }
+  const close = await conn.closed;
+  return { close, error, tcpRead: tcp.bytesRead, tcpWritten: tcp.bytesWritten, ms: performance.now() - started };
+}
+
+function wire(tcp: Socket, conn: Conn, note: (err: unknown) => void): void {
+  const ws = netConn(conn, MessageType.Binary);
+  tcp.on("error", (err) => {
+    note(err);
+    tcp.destroy();
+    // Not 1000: the other side must see a failure, not an orderly end.
+    void conn.close(StatusCode.InternalError, "tcp connection failed").catch(noop);
+  });
+  ws.on("error", (err) => {
+    const code = closeStatus(err);
+    if (isNormalClose(code)) return void tcp.end(); // e.g. a write racing the peer's close
+    // A close code and reason reach the log anyway; a dropped connection's cause would not.
+    if (code === -1 || code === StatusCode.AbnormalClosure) note(err);
+    tcp.resetAndDestroy();
+  });
+  // Once our FIN is out nothing more can flow: the WebSocket is closing too.
+  tcp.on("finish", () => tcp.destroy());
+  tcp.pipe(ws);
+  ws.pipe(tcp);
+}
+
+/** accessLine renders a bridged connection as one log line. */
+export function accessLine(from: string, to: string, result: BridgeResult, up: number, down: number): string {
+  return `${from} -> ${to} ${outcome(result.close, result.error)} up=${up} down=${down} time=${(result.ms / 1000).toFixed(3)}s`;
+}
+
+/** outcome renders how a connection ended as `close=CODE [reason="…"] [error="…"]`. */
+export function outcome(close: CloseInfo, error: string | undefined): string {
+  const reason = close.reason === "" ? "" : ` reason=${JSON.stringify(close.reason)}`;
+  return `close=${close.code}${reason}${error === undefined ? "" : ` error=${JSON.stringify(error)}`}`;
 }

@@ -1,6 +1,6 @@
 /**
  * Test helper: the wsconn CLI as a child process, run from the package's
- * own build (dist/cli.js), as the `wsconn` bin runs it.
+ * own build (dist/cli/main.js), as the `wsconn` bin runs it.
  */
 
 import { execFile, spawn, type ChildProcess } from "node:child_process";
@@ -11,20 +11,20 @@ import { fileURLToPath } from "node:url";
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 
-/** A compiled CLI: the path of cli.js and a cleanup. */
+/** A compiled CLI: the path of cli/main.js and a cleanup. */
 export interface BuiltCli {
   cliPath: string;
   remove(): void;
 }
 
 /**
- * buildCli returns the package's own dist/cli.js, the file the `wsconn` bin
+ * buildCli returns the package's own dist/cli/main.js, the file the `wsconn` bin
  * runs, building it first when it is missing or older than a source file
  * (npm test builds it before the tests). Running the real build output lets
  * c8 map the child processes' coverage back to src/ through the source maps.
  */
 export async function buildCli(): Promise<BuiltCli> {
-  const cliPath = join(root, "dist", "cli.js");
+  const cliPath = join(root, "dist", "cli", "main.js");
   if (!existsSync(cliPath) || newestSource(join(root, "src")) > statSync(cliPath).mtimeMs) {
     const tsc = createRequire(import.meta.url).resolve("typescript/bin/tsc");
     await new Promise<void>((resolve) => execFile(process.execPath, [tsc, "-p", join(root, "tsconfig.json")], { cwd: root }, () => resolve()));
@@ -78,7 +78,7 @@ const WAIT_GUARD_MS = 15_000;
 
 const PROXY_VARIABLES = ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY"];
 
-/** startCli runs `node cli.js ...args`. */
+/** startCli runs `node cli/main.js ...args`. */
 export function startCli(cli: BuiltCli, args: string[], options: StartOptions = {}): CliProcess {
   const env: NodeJS.ProcessEnv = { ...process.env };
   for (const name of PROXY_VARIABLES) delete env[name];

@@ -20,7 +20,7 @@ import type { AddressInfo } from "node:net";
 import * as v8 from "node:v8";
 import * as vm from "node:vm";
 import type { PerMessageDeflateOptions } from "ws";
-import type { CompressionMode } from "../../src/compress.js";
+import type { CompressionMode } from "../../src/protocol/handshake.js";
 
 // Only the implementation measured is loaded (and compiled): the children start faster.
 
@@ -83,8 +83,8 @@ async function start(): Promise<number> {
       ws.on("close", closed);
     });
   } else {
-    const { accept } = await import("../../src/accept.js");
-    const { InboundBudget } = await import("../../src/budget.js");
+    const { accept } = await import("../../src/server/accept.js");
+    const { InboundBudget } = await import("../../src/conn/options.js");
     const inboundBudget = config.budget === undefined ? InboundBudget.shared : new InboundBudget(config.budget);
     budget = inboundBudget;
     server.on("upgrade", (req, socket, head) => {

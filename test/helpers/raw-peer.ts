@@ -16,7 +16,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import * as net from "node:net";
 import type { AddressInfo } from "node:net";
-import { Opcode } from "../../src/frame.js";
+import { Opcode } from "../../src/protocol/frame.js";
 
 /** Op is wsconn's opcode table (https://www.rfc-editor.org/rfc/rfc6455#section-11.8): plain numbers, no logic. */
 export const Op = Opcode;

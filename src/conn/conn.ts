@@ -1,0 +1,678 @@
+/**
+ * The Conn class: one WebSocket connection over a socket, with the read side,
+ * the write side, control frames, pings that wait for their pong, and
+ * teardown. The close handshake's decisions live in close-handshake.ts.
+ *
+ * https://www.rfc-editor.org/rfc/rfc6455#section-5
+ * https://www.rfc-editor.org/rfc/rfc6455#section-7
+ */
+
+import { randomBytes } from "node:crypto";
+import type { Socket } from "node:net";
+import { performance } from "node:perf_hooks";
+import type { Writable } from "node:stream";
+import { noop, startTimer } from "../internal/waiting.js";
+import { CloseError, decodeClosePayload, encodeClosePayload, isSendableCloseCode, StatusCode } from "../protocol/close.js";
+import { ErrorCode } from "../protocol/errors.js";
+import { type MessageType, Opcode } from "../protocol/frame.js";
+import { defaultThreshold, type DeflateSettings } from "../protocol/handshake.js";
+import { compressedVariant, DEFAULT_COMPRESSION_LEVEL, type FrameVariant, MessageDeflater, PLAIN_VARIANT } from "./deflate.js";
+import { Inbound } from "./inbound.js";
+import { checkLevel, checkLimit, type CloseInfo, type ConnInit, DEFAULT_CLOSE_TIMEOUT, DEFAULT_READ_LIMIT } from "./options.js";
+import { type Message, MessageIterator, type StreamedMessage } from "./read.js";
+import { type MessageData, type PreparedMessage, WriteSide } from "./write.js";
+
+// The options and their checks live in conn-options.ts; importers of conn.ts find them here too.
+export {
+  checkConnOptions,
+  DEFAULT_CLOSE_TIMEOUT,
+  DEFAULT_HANDSHAKE_TIMEOUT,
+  DEFAULT_READ_LIMIT,
+  type CloseInfo,
+  type ConnInit,
+  type ConnOptions,
+  type HandshakeTimeouts,
+} from "./options.js";
+
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * Conn is a WebSocket connection, made by `accept` (server) or `dial`
+ * (client). Reads and writes are independent and may run at the same time:
+ * reads are served one at a time in call order, and so are writes. Every
+ * waiting method takes an optional AbortSignal and also settles when the
+ * connection closes.
+ */
+export class Conn implements AsyncIterable<Message> {
+  /** The subprotocol the handshake selected, or "". */
+  readonly subprotocol: string;
+  /** The Sec-WebSocket-Extensions the handshake agreed on, or "". */
+  readonly extensions: string;
+  /** Settles once, with how the connection ended, however it ended. Never rejects. */
+  get closed(): Promise<CloseInfo> {
+    // Made on first use: a connection nobody asks about holds no promise.
+    const rare = this.rare;
+    if (rare.closedPromise === undefined) {
+      const info = rare.closeInfo;
+      rare.closedPromise = info ? Promise.resolve(info) : new Promise((resolve) => (rare.resolveClosed = resolve));
+    }
+    return rare.closedPromise;
+  }
+
+  // Every field here costs 8 bytes on each of possibly many thousand
+  // connections: what most of them never use lives in RareState.
+  private readonly socket: Socket;
+  private readonly isServer: boolean;
+  /** The frame parser, the read side and the inflater. */
+  private readonly inbound: Inbound;
+  private readonly writes: WriteSide;
+  private readonly autoPong: boolean;
+  private closeSent = false;
+  private closeError: CloseError | undefined;
+  /** State most connections need only once they close, or never: made on first use. */
+  private rareState: RareState | undefined;
+
+  /**
+   * The constructor is internal: connections come from accept and dial. It
+   * takes over `socket` (an upgraded HTTP socket) and first parses `head`,
+   * bytes that arrived with the handshake.
+   */
+  constructor(socket: Socket, head: Buffer, init: ConnInit) {
+    this.socket = socket;
+    this.autoPong = init.autoPong !== false;
+    this.isServer = init.role === "server";
+    this.subprotocol = init.subprotocol ?? "";
+    this.extensions = init.deflate?.header ?? "";
+    const level = checkLevel(init.compressionLevel ?? DEFAULT_COMPRESSION_LEVEL);
+    if (init.onPing !== undefined || init.onPong !== undefined || init.closeTimeout !== undefined) {
+      const rare = this.rare;
+      rare.onPing = init.onPing;
+      rare.onPong = init.onPong;
+      rare.closeTimeout = init.closeTimeout ?? DEFAULT_CLOSE_TIMEOUT;
+    }
+    const deflate = init.deflate;
+    const readLimit = checkLimit("read limit", init.readLimit ?? DEFAULT_READ_LIMIT);
+    this.inbound = new Inbound(socket, this, { expectMasked: this.isServer, readLimit, deflate, budget: init.inboundBudget });
+    this.writes = new WriteSide(socket, !this.isServer, this);
+    if (init.writeQueueLimit !== undefined) this.writes.writeQueueLimit = checkLimit("write queue limit", init.writeQueueLimit);
+    if (deflate !== undefined) this.setupWriteCompression(deflate, init.compressionThreshold, level);
+    this.attachSocket(head);
+  }
+
+  // ---- reading ----
+
+  /**
+   * read returns the next data message, whole, answering control frames on
+   * the way. Concurrent reads are served in call order.
+   *
+   * An abort of `signal` while no frame of the next message has arrived
+   * rejects with the signal's reason and leaves the connection usable; an
+   * abort once the message has begun fails the connection (1011), since the
+   * rest of it could not be told apart from the next message.
+   *
+   * Rejects with a CloseError once the connection is closed (complete
+   * messages received before the close are still returned first), and fails
+   * the connection with 1009 for a message larger than the read limit.
+   */
+  read(signal?: AbortSignal): Promise<Message> {
+    return this.inbound.reads.read(signal);
+  }
+
+  /**
+   * reader returns the next data message as a Readable of its payload,
+   * delivered as frames arrive without buffering the whole message (the read
+   * limit still applies). The stream must be consumed, or destroyed, before
+   * the next read begins; destroying it early discards the rest of the
+   * message and keeps the connection usable. The signal behaves as in `read`:
+   * an abort before the message begins leaves the connection usable, an abort
+   * while the stream is still receiving fails the connection (1011).
+   */
+  reader(signal?: AbortSignal): Promise<StreamedMessage> {
+    return this.inbound.reads.reader(signal);
+  }
+
+  /**
+   * closeRead is for connections that only write: it keeps reading in the
+   * background so pings are answered and the close handshake completes, and
+   * fails the connection with 1008 if a data message arrives (or is already
+   * waiting). It returns a signal aborted, with the CloseError as reason, as
+   * soon as the connection is closing. Aborting `signal` closes the
+   * connection with 1008, like an expired context in nhooyr's CloseRead.
+   */
+  closeRead(signal?: AbortSignal): AbortSignal {
+    this.inbound.reads.closeRead();
+    signal?.addEventListener("abort", () => void this.close(StatusCode.PolicyViolation, "closeRead aborted").catch(noop), {
+      once: true,
+    });
+    if (signal?.aborted) void this.close(StatusCode.PolicyViolation, "closeRead aborted").catch(noop);
+    // Made on first use: most connections never call closeRead.
+    const rare = this.rare;
+    if (rare.closeReadController === undefined) {
+      rare.closeReadController = new AbortController();
+      if (this.closeError) rare.closeReadController.abort(this.closeError);
+    }
+    return rare.closeReadController.signal;
+  }
+
+  /**
+   * setReadLimit sets the largest message accepted, in bytes (counted after
+   * decompression). Past it the connection fails with 1009. Default 32768;
+   * `Infinity` removes the limit. Throws a RangeError for a negative or
+   * non-numeric limit.
+   */
+  setReadLimit(limit: number): void {
+    this.inbound.reads.readLimit = checkLimit("read limit", limit);
+  }
+
+  /**
+   * Iterating a Conn reads messages until the connection closes. Iteration
+   * ends quietly on a close with 1000, 1001 or 1005 (a close frame without a
+   * status, what browsers send for a bare `close()`), and throws the
+   * CloseError of any other close. Breaking out of the loop leaves the
+   * connection open.
+   */
+  [Symbol.asyncIterator](): AsyncIterableIterator<Message> {
+    return new MessageIterator(this.inbound.reads);
+  }
+
+  // ---- writing ----
+
+  /**
+   * write sends one message of `type` (text data must be valid UTF-8; a
+   * string is encoded as UTF-8). It resolves once the socket has taken the
+   * bytes without passing its high-water mark, else when it drains, so a
+   * producer that awaits its writes uses bounded memory. Writes go out one
+   * message at a time, in call order, after any open writer ends.
+   *
+   * An abort of `signal` before the message is written rejects with the
+   * signal's reason and leaves the connection usable; an abort while waiting
+   * for the socket to drain fails the connection (1011). Rejects with a
+   * CloseError once the connection is closing, a TypeError for a bad type.
+   */
+  write(type: MessageType, data: MessageData, signal?: AbortSignal): Promise<void> {
+    return this.writes.write(type, data, signal);
+  }
+
+  /**
+   * writer returns a Writable that sends one message of `type` as one frame
+   * per write; `end()` sends the final frame. It reserves the write side when
+   * created: later writes and writers wait until it ends. Pings, pongs and
+   * close frames can still go out between its frames. An abort of `signal`
+   * before its first frame destroys it and leaves the connection usable; an
+   * abort, an error or destroy() after it fails the connection (1011), since
+   * the message is half sent. Throws a TypeError for a bad type.
+   */
+  writer(type: MessageType, signal?: AbortSignal): Writable {
+    return this.writes.writer(type, signal);
+  }
+
+  /**
+   * writePrepared sends a PreparedMessage, framed once for every connection
+   * that shares its settings. Ordering, backpressure, abort and errors are
+   * those of `write`.
+   */
+  writePrepared(message: PreparedMessage, signal?: AbortSignal): Promise<void> {
+    return this.writes.writePrepared(message.frameFor(this.preparedVariant()), signal);
+  }
+
+  /**
+   * ping sends a ping and resolves with the round-trip time in milliseconds
+   * when its pong arrives. A pong answers its own ping and every earlier one.
+   * Pongs are only seen while something reads the connection: a read loop,
+   * iteration, a stream adapter or closeRead. Rejects with the signal's
+   * reason on abort and with the CloseError if the connection closes first.
+   */
+  ping(signal?: AbortSignal): Promise<number> {
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    if (this.closeError) return Promise.reject(this.closeError);
+    const tracker = (this.rare.pingTracker ??= new PingTracker());
+    return tracker.ping((payload) => this.writes.writeControl(Opcode.Ping, payload), signal);
+  }
+
+  // ---- closing ----
+
+  /**
+   * close performs the close handshake: it sends a close frame with `code`
+   * (default 1000) and `reason` (at most 123 bytes), waits for the peer's close
+   * frame and for the TCP connection to end, and resolves then. After
+   * `closeTimeout` (5 s by default) it drops the socket instead; `closed` then
+   * reports `wasClean: false`. A message still being compressed when close
+   * is called goes out first; pending reads and writes reject with a
+   * CloseError. Calling it again, or after the peer closed, waits for the
+   * same end. Rejects with a RangeError for a code that may not be sent or a
+   * reason that is too long.
+   */
+  close(code: number = StatusCode.NormalClosure, reason = ""): Promise<void> {
+    // encodeClosePayload maps 1005 to an empty body; close() must refuse it (§7.4.2).
+    if (!isSendableCloseCode(code)) return Promise.reject(new RangeError(`close code ${String(code)} may not be sent`));
+    let payload: Buffer;
+    try {
+      payload = encodeClosePayload(code, reason);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    // A message being compressed when close() is called goes out before the close frame.
+    this.writes.whenSent(() => {
+      // A protocol error already found wins over this close.
+      this.failNowIfPending();
+      this.sendClose(new CloseError(code, reason), payload);
+    });
+    return this.closed.then(noop);
+  }
+
+  /** closeNow drops the connection at once, without a close handshake (1006). */
+  closeNow(): void {
+    this.failNowIfPending();
+    this.terminate(new CloseError(StatusCode.AbnormalClosure, "connection dropped by closeNow"));
+    this.socket.destroy();
+  }
+
+  /**
+   * enableWriteCompression turns compression of later messages on or off
+   * (gorilla's EnableWriteCompression), e.g. for data already compressed. It
+   * has no effect when permessage-deflate was not negotiated. Default on.
+   */
+  enableWriteCompression(on: boolean): void {
+    if (this.writes.compression) this.writes.compression.enabled = on;
+  }
+
+  /**
+   * setCompressionLevel sets the zlib level (0–9) of messages written from
+   * now on; a message already being compressed keeps its level. Throws a
+   * RangeError for another value. No effect without permessage-deflate.
+   */
+  setCompressionLevel(level: number): void {
+    checkLevel(level);
+    const compression = this.writes.compression;
+    if (compression === undefined || compression.deflater.level === level) return;
+    compression.deflater.level = level;
+    compression.deflater.restartAtNextMessage();
+  }
+
+  /** The remote IP address, while the socket knows it. */
+  get remoteAddress(): string | undefined {
+    return this.socket.remoteAddress;
+  }
+
+  /** The remote port, while the socket knows it. */
+  get remotePort(): number | undefined {
+    return this.socket.remotePort;
+  }
+
+  /** The local IP address, while the socket knows it. */
+  get localAddress(): string | undefined {
+    return this.socket.localAddress;
+  }
+
+  /** The local port, while the socket knows it. */
+  get localPort(): number | undefined {
+    return this.socket.localPort;
+  }
+
+  /** Bytes of messages not yet sent: in the socket's buffer, and waiting for their turn. */
+  get bufferedAmount(): number {
+    return this.socket.writableLength + this.writes.queuedBytes;
+  }
+
+  /**
+   * setNoDelay sets TCP_NODELAY on the socket, as net.Socket's does. wsconn
+   * turns it on for every connection (frames are written whole); `false`
+   * lets Nagle's algorithm batch small frames.
+   */
+  setNoDelay(noDelay = true): void {
+    if (typeof this.socket.setNoDelay === "function") this.socket.setNoDelay(noDelay);
+  }
+
+  /**
+   * setKeepAlive turns TCP keep-alive probes on or off, the first one after
+   * `initialDelay` ms of idleness, as net.Socket's does. Off by default; a
+   * WebSocket ping (`ping`) also proves the peer is alive, end to end.
+   */
+  setKeepAlive(enable = false, initialDelay = 0): void {
+    if (typeof this.socket.setKeepAlive === "function") this.socket.setKeepAlive(enable, initialDelay);
+  }
+
+  // ---- internals ----
+
+  private setupWriteCompression(deflate: DeflateSettings, threshold: number | undefined, level: number): void {
+    // zlib cannot keep a raw deflate window of 256 bytes (it makes it 512):
+    // a peer that demands window bits 8 gets uncompressed messages, which is legal.
+    if (deflate.sendWindowBits === 8) return;
+    this.writes.compression = {
+      deflater: new MessageDeflater(!deflate.sendNoContextTakeover, deflate.sendWindowBits, level),
+      threshold: threshold ?? defaultThreshold(deflate),
+      enabled: true,
+      windowBits: deflate.sendWindowBits,
+    };
+  }
+
+  private preparedVariant(): FrameVariant {
+    const compression = this.writes.compression;
+    if (compression === undefined || !compression.enabled) return PLAIN_VARIANT;
+    return compressedVariant(compression.windowBits, compression.deflater.level, compression.threshold);
+  }
+
+  private attachSocket(head: Buffer): void {
+    const socket = this.socket;
+    // A transport from createConnection may be any Duplex, without TCP options.
+    if (typeof socket.setNoDelay === "function") socket.setNoDelay(true);
+    if (typeof socket.setTimeout === "function") socket.setTimeout(0);
+    (socket as OwnedSocket)[OWNER] = this;
+    socket.on("data", onSocketData);
+    socket.on("end", onSocketEnd);
+    socket.on("error", onSocketError);
+    socket.on("close", onSocketClose);
+    if (head.length > 0) this.inbound.push(head);
+    if (socket.destroyed) queueMicrotask(() => this.onSocketClose());
+    // The peer may have half-closed while accept was still busy (checkOrigin),
+    // before these listeners: its 'end' is gone, so act on it now.
+    else if (socket.readableEnded) queueMicrotask(() => this.onSocketEnd());
+  }
+
+  /** @internal A control frame arrived (InboundHost). */
+  onControlFrame(opcode: number, payload: Buffer): void {
+    if (opcode === Opcode.Ping) return this.onPing(payload);
+    if (opcode === Opcode.Pong) return this.onPong(payload);
+    this.onPeerClose(payload);
+  }
+
+  private onPing(payload: Buffer): void {
+    this.rareState?.onPing?.(payload);
+    if (!this.autoPong || this.closeSent) return;
+    if (!this.socket.writableNeedDrain) {
+      this.writes.writeControl(Opcode.Pong, payload);
+      return;
+    }
+    // The peer is not reading: keep one pong, for the latest ping (§5.5.3).
+    const rare = this.rare;
+    if (rare.pendingPong === undefined) this.socket.once("drain", () => this.flushPong());
+    rare.pendingPong = payload;
+  }
+
+  private flushPong(): void {
+    const rare = this.rare;
+    const payload = rare.pendingPong;
+    rare.pendingPong = undefined;
+    if (payload !== undefined && !this.closeSent) this.writes.writeControl(Opcode.Pong, payload);
+  }
+
+  private onPong(payload: Buffer): void {
+    this.rareState?.onPong?.(payload);
+    this.rareState?.pingTracker?.onPong(payload);
+  }
+
+  /** onPeerClose answers a close frame (https://www.rfc-editor.org/rfc/rfc6455#section-5.5.1). */
+  private onPeerClose(payload: Buffer): void {
+    const parsed = decodeClosePayload(payload);
+    if ("error" in parsed) {
+      const errorCode = parsed.code === 1007 ? ErrorCode.InvalidUtf8 : ErrorCode.InvalidClosePayload;
+      return this.failInbound(parsed.code, errorCode, parsed.error);
+    }
+    const rare = this.rare;
+    rare.receivedClose = parsed;
+    this.inbound.parser.stop();
+    // Answer on the next turn of the event loop: a message and the close often
+    // arrive in one TCP read, and the application woken by that message may
+    // still reply to it (an echo) before the close goes out. §5.5.1 lets an
+    // endpoint finish its current message before answering a close.
+    rare.closeAnswer = setImmediate(() => this.writes.whenSent(() => this.answerClose()));
+  }
+
+  /** answerClose echoes the peer's close code, once (https://www.rfc-editor.org/rfc/rfc6455#section-5.5.1). */
+  private answerClose(): void {
+    const rare = this.rareState;
+    if (rare?.closeAnswer === undefined) return;
+    clearImmediate(rare.closeAnswer);
+    rare.closeAnswer = undefined;
+    const { code, reason } = rare.receivedClose!;
+    const echo = code === StatusCode.NoStatusRcvd ? EMPTY : encodeClosePayload(code);
+    this.sendClose(new CloseError(code, reason, { remote: true }), echo);
+    // The server closes TCP first (§7.1.1); the client waits for it.
+    if (this.isServer && !this.socket.destroyed) this.socket.end();
+  }
+
+  /** rare returns the connection's rarely needed state, making it on first use. */
+  private get rare(): RareState {
+    return (this.rareState ??= new RareState());
+  }
+
+  /** @internal The connection is closing: no message will be read (InboundHost). */
+  get closing(): boolean {
+    return this.closeError !== undefined;
+  }
+
+  /**
+   * @internal
+   * fail fails the connection (https://www.rfc-editor.org/rfc/rfc6455#section-7.1.7):
+   * it stops parsing, sends a close frame with `code` unless one was sent, and
+   * closes the TCP connection. Every protocol violation ends here.
+   */
+  fail(code: number, errorCode: ErrorCode, message: string): void {
+    this.inbound.parser.stop();
+    const reason = Buffer.byteLength(message) > 123 ? message.slice(0, 120) + "..." : message;
+    this.sendClose(new CloseError(code, reason, { errorCode }), encodeClosePayload(code, reason));
+    if (!this.socket.writableEnded) this.socket.end();
+  }
+
+  /**
+   * @internal
+   * failInbound fails the connection for something the peer sent
+   * (InboundHost), in wire order: parsing stops at once, but the failure
+   * takes effect on the next turn of the event loop, so that messages that
+   * were complete before the bad frame reach a waiting reader and the
+   * replies it writes at once go out before the close frame (as the
+   * Autobahn suite expects of cases 3.2–5.15). Bounded: one turn, whether or
+   * not anything reads, plus the compression of a reply begun in it.
+   */
+  failInbound(code: number, errorCode: ErrorCode, message: string): void {
+    this.inbound.parser.stop();
+    const rare = this.rare;
+    if (this.closeError !== undefined) return this.fail(code, errorCode, message);
+    if (rare.pendingFailure !== undefined) return;
+    rare.pendingFailure = { code, errorCode, message };
+    // After one turn, and after a reply being compressed then (zlib works off the thread).
+    rare.failTimer = setImmediate(() => this.writes.whenSent(() => this.failNowIfPending()));
+  }
+
+  /** failNowIfPending carries out a failure failInbound deferred, if one waits. */
+  private failNowIfPending(): void {
+    const rare = this.rareState;
+    const pending = rare?.pendingFailure;
+    if (pending === undefined) return;
+    clearImmediate(rare!.failTimer);
+    rare!.pendingFailure = rare!.failTimer = undefined;
+    this.fail(pending.code, pending.errorCode, pending.message);
+  }
+
+  private sendClose(err: CloseError, payload: Buffer): void {
+    this.terminate(err);
+    if (this.closeSent || this.socket.destroyed) return;
+    this.closeSent = true;
+    this.writes.writeControl(Opcode.Close, payload);
+    this.armCloseTimer();
+  }
+
+  /** terminate records why the connection ends and wakes everything waiting on it. */
+  private terminate(err: CloseError): void {
+    if (this.closeError) return;
+    this.closeError = err;
+    this.inbound.reads.terminate(err);
+    // After the read side: a message cut short must fail, not complete.
+    this.inbound.stopInflating();
+    this.writes.terminate(err);
+    this.rareState?.pingTracker?.rejectAll(err);
+    this.rareState?.closeReadController?.abort(err);
+  }
+
+  private armCloseTimer(): void {
+    const rare = this.rare;
+    if (rare.closeTimer !== undefined) return;
+    const onTimeout = (): void => {
+      rare.closeTimedOut = true;
+      this.socket.destroy();
+    };
+    rare.closeTimer = startTimer(rare.closeTimeout, onTimeout, true);
+  }
+
+  /** @internal Bytes arrived from the socket. */
+  receive(chunk: Buffer): void {
+    this.inbound.push(chunk);
+  }
+
+  /** @internal The peer ended its side of the TCP connection. */
+  onSocketEnd(): void {
+    this.failNowIfPending();
+    this.answerClose();
+    if (this.rareState?.receivedClose === undefined) {
+      this.terminate(new CloseError(StatusCode.AbnormalClosure, "connection closed without a close frame"));
+    }
+    if (!this.socket.writableEnded) this.socket.end();
+  }
+
+  /** @internal The socket failed. */
+  onSocketError(err: Error): void {
+    this.failNowIfPending();
+    this.rare.socketError = err;
+    this.terminate(new CloseError(StatusCode.AbnormalClosure, `connection failed: ${err.message}`, { cause: err }));
+  }
+
+  /** @internal The socket is closed: settle everything. */
+  onSocketClose(): void {
+    this.failNowIfPending();
+    this.answerClose();
+    clearTimeout(this.rareState?.closeTimer);
+    this.inbound.release();
+    this.writes.compression?.deflater.release();
+    this.terminate(new CloseError(StatusCode.AbnormalClosure, "connection closed without a close frame"));
+    const rare = this.rare;
+    if (rare.closeInfo !== undefined) return;
+    const received = rare.receivedClose;
+    rare.closeInfo = {
+      code: received?.code ?? StatusCode.AbnormalClosure,
+      reason: received?.reason ?? "",
+      wasClean: this.closeSent && received !== undefined && rare.socketError === undefined && !rare.closeTimedOut,
+    };
+    rare.resolveClosed?.(rare.closeInfo);
+  }
+}
+
+/**
+ * Socket listeners are shared functions that find their connection through a
+ * symbol on the socket: four closures less per connection.
+ */
+const OWNER = Symbol("wsconn.conn");
+
+interface OwnedSocket extends Socket {
+  [OWNER]: Conn;
+}
+
+function onSocketData(this: OwnedSocket, chunk: Buffer): void {
+  this[OWNER].receive(chunk);
+}
+
+function onSocketEnd(this: OwnedSocket): void {
+  this[OWNER].onSocketEnd();
+}
+
+function onSocketError(this: OwnedSocket, err: Error): void {
+  this[OWNER].onSocketError(err);
+}
+
+function onSocketClose(this: OwnedSocket): void {
+  this[OWNER].onSocketClose();
+}
+
+/**
+ * RareState holds what a connection needs only around its close, for pings
+ * or for closeRead: one object made on first use instead of a dozen fields
+ * on every Conn, most of them unused for the connection's whole life.
+ */
+class RareState {
+  /** The onPing and onPong options. */
+  onPing: ((payload: Buffer) => void) | undefined;
+  onPong: ((payload: Buffer) => void) | undefined;
+  closeTimeout = DEFAULT_CLOSE_TIMEOUT;
+  /** The peer's close frame, once it came. */
+  receivedClose: { code: number; reason: string } | undefined;
+  /** Set between a peer's close frame and our answer to it (see onPeerClose). */
+  closeAnswer: NodeJS.Immediate | undefined;
+  socketError: Error | undefined;
+  closeTimer: NodeJS.Timeout | undefined;
+  closeTimedOut = false;
+  closeInfo: CloseInfo | undefined;
+  closedPromise: Promise<CloseInfo> | undefined;
+  resolveClosed: ((info: CloseInfo) => void) | undefined;
+  closeReadController: AbortController | undefined;
+  /** Made on the first ping: most connections never send one. */
+  pingTracker: PingTracker | undefined;
+  /** The latest ping's payload, while the socket is too full to answer it. */
+  pendingPong: Buffer | undefined;
+  /** A failure failInbound deferred to the next turn, and its timer. */
+  pendingFailure: { code: number; errorCode: ErrorCode; message: string } | undefined;
+  failTimer: NodeJS.Immediate | undefined;
+}
+
+interface PendingPing {
+  resolve(rtt: number): void;
+  reject(err: unknown): void;
+  sentAt: number;
+}
+
+/**
+ * PingTracker gives every ping a unique 8-byte payload and settles it when
+ * the pong with that payload arrives. A peer may answer only the latest of
+ * several pings (§5.5.3), so a pong also settles every ping sent before its
+ * own.
+ */
+export class PingTracker {
+  /** Made on the first ping: most connections never send one. */
+  private pending: Map<string, PendingPing> | undefined;
+  private counter = 0;
+  /** A random prefix, so payloads tell the peer nothing about this process. */
+  private prefix = 0;
+
+  /** ping sends a ping through `send` and resolves with the round trip in ms. */
+  ping(send: (payload: Buffer) => void, signal: AbortSignal | undefined): Promise<number> {
+    if (this.counter === 0) this.prefix = randomBytes(4).readUInt32BE(0);
+    const payload = Buffer.allocUnsafe(8);
+    payload.writeUInt32BE(this.prefix, 0);
+    payload.writeUInt32BE(++this.counter >>> 0, 4);
+    const key = payload.toString("latin1");
+    const map = (this.pending ??= new Map());
+    return new Promise<number>((resolve, reject) => {
+      const pending: PendingPing = { resolve, reject, sentAt: performance.now() };
+      map.set(key, pending);
+      if (signal) {
+        const onAbort = (): void => {
+          map.delete(key);
+          reject(signal.reason);
+        };
+        signal.addEventListener("abort", onAbort, { once: true });
+        pending.resolve = (rtt) => (signal.removeEventListener("abort", onAbort), resolve(rtt));
+        pending.reject = (err) => (signal.removeEventListener("abort", onAbort), reject(err));
+      }
+      send(payload);
+    });
+  }
+
+  /** onPong settles the ping `payload` answers, and every earlier one; unsolicited pongs are ignored. */
+  onPong(payload: Buffer): void {
+    const key = payload.toString("latin1");
+    const map = this.pending;
+    if (map === undefined || !map.has(key)) return;
+    const now = performance.now();
+    for (const [k, pending] of map) {
+      map.delete(k);
+      pending.resolve(now - pending.sentAt);
+      if (k === key) break;
+    }
+  }
+
+  /** rejectAll fails every waiting ping with `err`. */
+  rejectAll(err: unknown): void {
+    const map = this.pending;
+    if (map === undefined) return;
+    for (const pending of map.values()) pending.reject(err);
+    map.clear();
+  }
+}

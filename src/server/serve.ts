@@ -1,0 +1,193 @@
+/**
+ * serve: an HTTP(S) server with safe limits that accepts WebSocket
+ * connections, for users who do not bring their own server.
+ */
+
+import * as http from "node:http";
+import * as https from "node:https";
+import type { Duplex } from "node:stream";
+import { accept, type AcceptOptions } from "./accept.js";
+import { InboundBudget } from "../conn/options.js";
+import { CloseError, StatusCode } from "../protocol/close.js";
+import { checkCompressionOptions } from "../protocol/handshake.js";
+import { checkConnOptions, DEFAULT_HANDSHAKE_TIMEOUT, type Conn } from "../conn/conn.js";
+import { checkHeaders, hasToken } from "../protocol/handshake.js";
+import { noop } from "../internal/waiting.js";
+import { checkTimeout, isNoTimeout } from "../internal/waiting.js";
+
+/** The largest request head serve accepts, in bytes (Node's default is 16 KiB). */
+export const SERVE_MAX_HEADER_SIZE = 8 * 1024;
+
+/** The most request headers serve parses. */
+export const SERVE_MAX_HEADERS = 64;
+
+/** ServeOptions configure `serve`; the accept options apply to every connection. */
+export interface ServeOptions extends AcceptOptions {
+  /** TCP port. Default 0: any free port (read it from `server.address()`). */
+  port?: number;
+  /** Interface to listen on. Default: all interfaces, as with net.Server. */
+  host?: string;
+  /** Only upgrade requests for this path (query ignored); others get 404. Default any path. */
+  path?: string;
+  /** When given, serve HTTPS (wss://) with these options (key, cert, …). */
+  tls?: https.ServerOptions;
+  /**
+   * Bound on the request head (slowloris), in ms. Default handshakeTimeout,
+   * 10000; 0 or `Infinity` means none. A RangeError for a finite value above
+   * 2^31−1.
+   */
+  headersTimeout?: number;
+  /** Largest request head in bytes. Default 8192. */
+  maxHeaderSize?: number;
+  /**
+   * onError is called with what a handler threw or rejected with, the
+   * connection it was handling and its request; the connection is closed
+   * with 1011 either way. Default: the error is written to stderr with its
+   * stack, once per error object. An error thrown by onError itself is
+   * written to stderr. A handler that ends with a CloseError once its
+   * connection is closing (a `for await` loop over a connection the peer
+   * closed or dropped) has not failed: that is not reported.
+   */
+  onError?: (err: unknown, conn: Conn, req: http.IncomingMessage) => void;
+}
+
+/**
+ * Handler is called for every accepted connection. A throw or rejection
+ * closes it with 1011 and is reported to `onError`.
+ */
+export type Handler = (conn: Conn, req: http.IncomingMessage) => void | Promise<void>;
+
+/**
+ * serve starts an HTTP server (HTTPS with `tls`) listening on `port`/`host`
+ * that accepts WebSocket upgrades and calls `handler` for each connection. It
+ * sets safe limits: a request head must arrive within `headersTimeout`, be at
+ * most `maxHeaderSize` bytes with at most 64 headers; plain HTTP requests are
+ * answered 426 Upgrade Required. Resolves with the listening server; close it
+ * with `server.close()`, which leaves open connections to you (close them,
+ * or use a Hub). Rejects if the server cannot listen, and with a RangeError,
+ * TypeError or coded error for invalid options, before listening.
+ */
+export async function serve(options: ServeOptions, handler: Handler): Promise<http.Server> {
+  // Misconfiguration fails here, before listening, not as a 500 on every upgrade.
+  checkHeaders(options.headers);
+  checkCompressionOptions(options);
+  checkConnOptions(options);
+  const timeout = checkTimeout("headersTimeout", options.headersTimeout ?? options.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT);
+  // node:http takes 0 for none, and refuses Infinity.
+  const nodeTimeout = isNoTimeout(timeout) ? 0 : timeout;
+  const serverOptions: http.ServerOptions = {
+    maxHeaderSize: options.maxHeaderSize ?? SERVE_MAX_HEADER_SIZE,
+    headersTimeout: nodeTimeout,
+    requestTimeout: nodeTimeout,
+    // Node enforces both timeouts only when it sweeps its connections, every
+    // 30 s by default: a slow head would live up to 30 s past the limit.
+    connectionsCheckingInterval: nodeTimeout > 0 ? Math.min(nodeTimeout, 1000) : undefined,
+  };
+  // One budget for all of this server's connections, checked before listening.
+  const acceptOptions: ServeOptions = { ...options, inboundBudget: options.inboundBudget ?? InboundBudget.shared };
+  const server = options.tls ? https.createServer({ ...serverOptions, ...options.tls }) : http.createServer(serverOptions);
+  server.maxHeadersCount = SERVE_MAX_HEADERS;
+  server.on("request", answerPlainRequest);
+  server.on("clientError", (err: Error & { code?: string }, socket: Duplex) => refuseMalformed(err, socket));
+  server.on("upgrade", (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
+    void upgrade(req, socket, head, acceptOptions, handler);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(options.port ?? 0, options.host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  return server;
+}
+
+async function upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer, options: ServeOptions, handler: Handler): Promise<void> {
+  socket.on("error", destroySocket);
+  if (options.path !== undefined && pathOf(req.url) !== options.path) {
+    socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", () => socket.destroy());
+    return;
+  }
+  let conn: Conn;
+  try {
+    conn = await accept(req, socket, head, options);
+  } catch {
+    return; // accept answered the HTTP error already
+  }
+  // The connection handles socket errors from now on.
+  socket.off("error", destroySocket);
+  let result: void | Promise<void>;
+  try {
+    result = handler(conn, req);
+  } catch (err) {
+    return failHandler(err, conn, req, options.onError);
+  }
+  // Not awaited here: this frame would keep `req` (and `head`) alive for as
+  // long as the connection lives; the rejection handler keeps it only while
+  // the handler runs.
+  if (result !== undefined && typeof result.then === "function") {
+    Promise.resolve(result).catch(onRejected(conn, options.onError ? req : undefined, options.onError));
+  }
+}
+
+/** onRejected makes a handler's rejection handler; it keeps the request only for an onError that wants it. */
+function onRejected(conn: Conn, req: http.IncomingMessage | undefined, onError: ServeOptions["onError"]): (err: unknown) => void {
+  return (err) => failHandler(err, conn, req!, onError);
+}
+
+/**
+ * failHandler closes a connection whose handler threw or rejected with 1011,
+ * and reports the error. A CloseError thrown once the connection is closing
+ * is how it ended (a `for await` over a connection the peer dropped), not a
+ * failure of the handler: nothing to close or report.
+ */
+function failHandler(err: unknown, conn: Conn, req: http.IncomingMessage, onError: ServeOptions["onError"]): void {
+  if (err instanceof CloseError && conn.closing) return;
+  conn.close(StatusCode.InternalError, "handler failed").catch(noop);
+  if (onError === undefined) return reportOnce(err);
+  try {
+    onError(err, conn, req);
+  } catch (thrown) {
+    reportOnce(thrown);
+  }
+}
+
+/** Errors already written to stderr: the same error object rejected by many handlers is written once. */
+const reported = new WeakSet<object>();
+
+function reportOnce(err: unknown): void {
+  if (typeof err === "object" && err !== null) {
+    if (reported.has(err)) return;
+    reported.add(err);
+  }
+  const text = err instanceof Error ? (err.stack ?? String(err)) : String(err);
+  process.stderr.write(`wsconn serve: a connection handler failed (the client got 1011): ${text}\n`);
+}
+
+/** destroySocket is the socket's error listener until the connection takes over. */
+function destroySocket(this: Duplex): void {
+  this.destroy();
+}
+
+function pathOf(url: string | undefined): string {
+  const path = url ?? "/";
+  const q = path.indexOf("?");
+  return q < 0 ? path : path.slice(0, q);
+}
+
+function answerPlainRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
+  const body = hasToken(req.headers.upgrade, "websocket")
+    ? "WebSocket upgrade requests must use GET with Connection: Upgrade\n"
+    : "this endpoint speaks WebSocket only\n";
+  res.writeHead(426, { "Content-Type": "text/plain; charset=utf-8", Upgrade: "websocket", Connection: "Upgrade, close", "Sec-WebSocket-Version": "13" });
+  res.end(body);
+}
+
+/** refuseMalformed answers a request Node's parser rejected: 431 too large, 408 too slow, else 400. */
+function refuseMalformed(err: Error & { code?: string }, socket: Duplex): void {
+  if (!socket.writable) return void socket.destroy();
+  const status =
+    err.code === "HPE_HEADER_OVERFLOW" ? 431 : err.code === "ERR_HTTP_REQUEST_TIMEOUT" ? 408 : 400;
+  const text = http.STATUS_CODES[status];
+  socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`, () => socket.destroy());
+}

@@ -1,0 +1,129 @@
+/**
+ * Two hubs share broadcasts and a topic through a real redis-server, with
+ * RedisBus over node-redis clients. The test starts its own redis-server on
+ * 127.0.0.1 with a free port and no persistence, and stops it. It is skipped,
+ * with a message saying so, only when the redis-server binary is absent.
+ */
+
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { once } from "node:events";
+import * as net from "node:net";
+import type { AddressInfo } from "node:net";
+import { createClient } from "redis";
+import t, { type Test } from "tap";
+import { MessageType, RedisBus } from "../../src/index.js";
+import { hubNode, texts, type HubNode } from "../helpers/hub-node.js";
+
+const probe = spawnSync("redis-server", ["--version"], { encoding: "utf8" });
+const missing = probe.error !== undefined || probe.status !== 0;
+if (missing) {
+  process.stderr.write(
+    "\n*** redis-server not found: the RedisBus test is SKIPPED (install it: apt-get install -y redis-server) ***\n\n",
+  );
+}
+
+async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+/** startRedis runs redis-server on a free port until the test ends. */
+async function startRedis(t: Test): Promise<string> {
+  const port = await freePort();
+  const proc: ChildProcess = spawn(
+    "redis-server",
+    ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+    { stdio: ["ignore", "pipe", "pipe"] },
+  );
+  t.teardown(async () => {
+    if (proc.exitCode === null) {
+      const exited = once(proc, "exit");
+      proc.kill("SIGTERM");
+      await exited;
+    }
+  });
+  let log = "";
+  await new Promise<void>((resolve, reject) => {
+    proc.stdout!.on("data", (chunk: Buffer) => {
+      log += chunk.toString();
+      if (log.includes("Ready to accept connections")) resolve();
+    });
+    proc.once("exit", (code) => reject(new Error(`redis-server exited with ${code}: ${log}`)));
+  });
+  return `redis://127.0.0.1:${port}`;
+}
+
+/** redisBus connects a publisher and a subscriber client and wraps them. */
+async function redisBus(t: Test, url: string): Promise<RedisBus> {
+  const publisher = createClient({ url });
+  const subscriber = publisher.duplicate();
+  await Promise.all([publisher.connect(), subscriber.connect()]);
+  t.teardown(async () => {
+    await Promise.all([publisher.close(), subscriber.close()]);
+  });
+  return new RedisBus(publisher, subscriber);
+}
+
+interface Node extends HubNode {
+  errors: Error[];
+}
+
+/** node starts a hub on `bus` that records its 'busError' events. */
+async function node(t: Test, bus: RedisBus, nodeId: string): Promise<Node> {
+  const errors: Error[] = [];
+  const n = await hubNode(t, { bus, nodeId }, (hub) => hub.on("busError", (err) => errors.push(err)));
+  return { ...n, errors };
+}
+
+t.test(
+  "two hubs share a topic and broadcasts through Redis pub/sub",
+  { skip: missing ? "redis-server is not installed (apt-get install -y redis-server)" : false },
+  async (t) => {
+    const url = await startRedis(t);
+    const A = await node(t, await redisBus(t, url), "node-a");
+    const B = await node(t, await redisBus(t, url), "node-b");
+    const a1 = await A.join(["room"]);
+    const b1 = await B.join(["room"]);
+    const b2 = await B.join();
+    await Promise.all([A.hub.settled(), B.hub.settled()]); // SUBSCRIBEs acknowledged by Redis
+
+    t.equal(A.hub.publish("room", MessageType.Text, "hello room"), 1);
+    t.same(await texts(b1.conn, 1), ["hello room"], "a subscriber on the other node receives it");
+    t.same(await texts(a1.conn, 1), ["hello room"]);
+
+    t.equal(B.hub.broadcast(MessageType.Text, "to everyone"), 2);
+    t.same(await texts(a1.conn, 1), ["to everyone"]);
+    t.same(await texts(b1.conn, 1), ["to everyone"]);
+    t.same(await texts(b2.conn, 1), ["to everyone"]);
+
+    const bytes = Buffer.from([0, 0xff, 0xfe, 0x80, 10, 13]);
+    A.hub.publish("room", MessageType.Binary, bytes);
+    const got = await b1.conn.read();
+    t.equal(got.type, MessageType.Binary);
+    t.same([...got.data], [...bytes], "binary payloads cross Redis intact");
+    t.same([...(await a1.conn.read()).data], [...bytes]);
+
+    // No echo: a node's own message comes back from Redis and is ignored, so
+    // a1 sees the next message from B right after B's broadcast above.
+    B.hub.publish("room", MessageType.Text, "sync");
+    t.same(await texts(a1.conn, 1), ["sync"], "nothing arrived twice");
+    t.same(await texts(b1.conn, 1), ["sync"]);
+    t.match(A.hub.stats, { busSent: 2, busReceived: 2, busErrors: 0 });
+    t.match(B.hub.stats, { busSent: 2, busReceived: 2, busErrors: 0 });
+
+    // Leaving a topic unsubscribes on Redis once the node has no subscriber left.
+    B.hub.unsubscribe(b1.client, "room");
+    await B.hub.settled();
+    A.hub.publish("room", MessageType.Text, "only a1");
+    B.hub.broadcast(MessageType.Text, "after");
+    t.same(await texts(b1.conn, 1), ["after"], "b1 left the topic");
+    t.same(await texts(a1.conn, 2), ["only a1", "after"]);
+    t.equal(B.hub.stats.busReceived, 2, "node B no longer receives the topic");
+
+    await Promise.all([A.hub.close(), B.hub.close()]); // before the Redis clients close
+    t.same([...A.errors, ...B.errors], [], "no bus errors");
+  },
+);
