@@ -88,7 +88,7 @@ t.test("without WebAssembly (node --jitless) masking falls back to JavaScript an
   // A child process, since the module is instantiated once at import.
   const script = `
     const { wasmMask } = await import(${JSON.stringify(new URL("../../dist/internal/wasm-mask.js", import.meta.url).href)});
-    const { maskInPlace, maskInto, readMaskWord } = await import(${JSON.stringify(new URL("../../dist/mask.js", import.meta.url).href)});
+    const { maskInPlace, maskInto, readMaskWord } = await import(${JSON.stringify(new URL("../../dist/protocol/payload.js", import.meta.url).href)});
     const key = Buffer.from([0x9a, 0x01, 0xff, 0x42]);
     let wrong = 0;
     for (const length of [5, 40, 1024, 70000]) {
