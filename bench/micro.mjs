@@ -16,14 +16,27 @@ import { distUrl, serveCommands } from "./lib/ipc.mjs";
 import { median } from "./lib/stats.mjs";
 
 const require = createRequire(import.meta.url);
-const { maskInPlace } = await import(distUrl("mask.js"));
-const { Utf8Validator } = await import(distUrl("internal/utf8.js"));
-const { FrameParser } = await import(distUrl("frame-parser.js"));
+// The build's internal modules, at their paths since the layout of issue 14
+// (protocol/…), or before it, so BENCH_DIST can point at an older build.
+const { maskInPlace } = await importFirst("protocol/payload.js", "mask.js");
+const { Utf8Validator } = await importFirst("protocol/payload.js", "internal/utf8.js");
+const { FrameParser } = await importFirst("protocol/frame.js", "frame-parser.js");
 const bufferutil = require("bufferutil");
 const utf8Validate = require("utf-8-validate");
 const { Receiver } = require("ws");
 
 serveCommands({ run: (p) => runAll(p.quick) });
+
+/** importFirst imports the first of `modules` the build under test has. */
+async function importFirst(...modules) {
+  for (const module of modules) {
+    try {
+      return await import(distUrl(module));
+    } catch (err) {
+      if (err?.code !== "ERR_MODULE_NOT_FOUND" || module === modules.at(-1)) throw err;
+    }
+  }
+}
 
 function runAll(quick) {
   const timing = quick ? { ms: 15, samples: 3 } : { ms: 80, samples: 5 };
@@ -134,6 +147,10 @@ function parseCases(quick) {
       onDataPayload() {},
       onDataFrameEnd() {},
       onControlFrame() {},
+      fail(errorCode, message) {
+        throw new Error(`framing error ${errorCode}: ${message}`);
+      },
+      // The sink's failure method before issue 14, for BENCH_DIST builds of older commits.
       onFramingError(code, errorCode, message) {
         throw new Error(`framing error ${code} ${errorCode}: ${message}`);
       },

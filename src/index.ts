@@ -14,19 +14,15 @@
 export { accept, type AcceptOptions } from "./server/accept.js";
 export { serve, type ServeOptions, type Handler } from "./server/serve.js";
 export { dial, type DialOptions } from "./client/dial.js";
-export { Conn, type CloseInfo, type ConnOptions, type HandshakeTimeouts } from "./conn/conn.js";
+export { Conn } from "./conn/conn.js";
+export { type ConnOptions, type HandshakeTimeouts } from "./conn/options.js";
+export { type CloseInfo } from "./protocol/close.js";
 export { InboundBudget, DEFAULT_INBOUND_BUDGET } from "./conn/options.js";
 export type { Message, StreamedMessage } from "./conn/read.js";
 export type { MessageData } from "./conn/write.js";
 export { MessageType } from "./protocol/frame.js";
-export {
-  StatusCode,
-  CloseError,
-  closeStatus,
-  isCloseError,
-  isUnexpectedCloseError,
-  type CloseErrorOptions,
-} from "./protocol/close.js";
+export { CloseError, closeStatus, isCloseError, isUnexpectedCloseError, type CloseErrorOptions } from "./protocol/close.js";
+export { StatusCode } from "./protocol/errors.js";
 export { HandshakeError, ErrorCode, type CodedError } from "./protocol/errors.js";
 export { isWebSocketUpgrade } from "./protocol/handshake.js";
 export { PreparedMessage } from "./conn/write.js";

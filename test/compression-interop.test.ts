@@ -12,24 +12,11 @@
  */
 
 import t from "tap";
-import type { WebSocket, PerMessageDeflateOptions } from "ws";
-import { dial, HandshakeError, MessageType, type Conn, type CompressionMode } from "../src/index.js";
+import type { PerMessageDeflateOptions, WebSocket } from "ws";
+import { type CompressionMode, type Conn, dial, HandshakeError, MessageType } from "../src/index.js";
 import { clientOffer } from "../src/protocol/handshake.js";
-import {
-  openUndici,
-  binaryPayload,
-  fragmentCuts,
-  OP,
-  rejection,
-  splitAt,
-  startWsconnServer,
-  startWsServer,
-  textPayload,
-  wsClient,
-  wsMessages,
-  type Accepted,
-} from "./helpers/interop.js";
 import { deflateMessage, frame, offerAnswer, PeerDeflater, PeerInflater, rawUpgrade, startAnsweringServer } from "./helpers/deflate-peer.js";
+import { type Accepted, binaryPayload, fragmentCuts, OP, openUndici, rejection, splitAt, startWsconnServer, startWsServer, textPayload, wsClient, wsMessages } from "./helpers/interop.js";
 
 type TestContext = Parameters<Parameters<typeof t.test>[0]>[0];
 

@@ -7,11 +7,11 @@
  * with a thousand such peers.
  */
 
-import t from "tap";
 import * as net from "node:net";
-import { encodeFrame, FrameReader, Op, acceptFor, upgradeRequest, readHead } from "./helpers/raw-peer.js";
-import { startMemoryServer, type MemoryServer } from "./helpers/memory-child.js";
+import t from "tap";
 import type { MemorySample } from "./helpers/deflate-peer.js";
+import { type MemoryServer, startMemoryServer } from "./helpers/memory-child.js";
+import { acceptFor, encodeFrame, FrameReader, Op, readHead, upgradeRequest } from "./helpers/raw-peer.js";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

@@ -39,9 +39,9 @@ import type { AddressInfo } from "node:net";
 import type { Readable } from "node:stream";
 import * as zlib from "node:zlib";
 import t, { type Test } from "tap";
-import { accept, CloseError, dial, InboundBudget, MessageType, type AcceptOptions, type CloseInfo, type Conn } from "../src/index.js";
-import { createRng, seededRng, type Rng } from "./helpers/chunkers.js";
-import { closePayload, encodeFrame, Op, rawConnect, RSV1, startRawServer, switchingProtocols, type RawFrame, type RawPeer } from "./helpers/raw-peer.js";
+import { accept, type AcceptOptions, CloseError, type CloseInfo, type Conn, dial, InboundBudget, MessageType } from "../src/index.js";
+import { createRng, type Rng, seededRng } from "./helpers/chunkers.js";
+import { closePayload, encodeFrame, Op, rawConnect, type RawFrame, type RawPeer, RSV1, startRawServer, switchingProtocols } from "./helpers/raw-peer.js";
 
 const ITERATIONS = Number(process.env["FRAG_FUZZ_ITERATIONS"] ?? 120);
 const ONLY = process.env["FRAG_FUZZ_ONLY"] === undefined ? undefined : Number(process.env["FRAG_FUZZ_ONLY"]);

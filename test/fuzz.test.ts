@@ -22,9 +22,9 @@ import type { AddressInfo } from "node:net";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import t, { type Test } from "tap";
-import { accept, dial, type CloseInfo, type Conn } from "../src/index.js";
-import { closePayload, encodeFrame, FrameReader, Op, rawConnect, startRawServer, type RawFrame, type RawPeer } from "./helpers/raw-peer.js";
+import { accept, type CloseInfo, type Conn, dial } from "../src/index.js";
 import { runEcho } from "./conformance/peer.js";
+import { closePayload, encodeFrame, FrameReader, Op, rawConnect, type RawFrame, type RawPeer, startRawServer } from "./helpers/raw-peer.js";
 
 const SEED = Number(process.env["FUZZ_SEED"] ?? 0x5eed_2026) >>> 0;
 const ITERATIONS = Number(process.env["FUZZ_ITERATIONS"] ?? 1500);

@@ -8,22 +8,8 @@
 
 import t from "tap";
 import type { WebSocket } from "ws";
-import { dial, MessageType, type Conn } from "../src/index.js";
-import {
-  openUndici,
-  binaryPayload,
-  fragmentCuts,
-  OP,
-  splitAt,
-  startRawServer,
-  startWsconnServer,
-  startWsServer,
-  textPayload,
-  wsClient,
-  wsMessages,
-  wsSendFragments,
-  type Accepted,
-} from "./helpers/interop.js";
+import { type Conn, dial, MessageType } from "../src/index.js";
+import { type Accepted, binaryPayload, fragmentCuts, OP, openUndici, splitAt, startRawServer, startWsconnServer, startWsServer, textPayload, wsClient, wsMessages, wsSendFragments } from "./helpers/interop.js";
 
 type TestContext = Parameters<Parameters<typeof t.test>[0]>[0];
 

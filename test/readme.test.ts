@@ -5,15 +5,16 @@
  * self-reference, and run with node. Port 8080 becomes a free port.
  */
 
-import { spawn, type ChildProcess } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
 import { join } from "node:path";
 import t from "tap";
 import { dial, MessageType } from "../src/index.js";
+import { ROOT } from "./helpers/root.js";
 
-const root = new URL("..", import.meta.url).pathname;
+const root = ROOT;
 const blocks = [...readFileSync(join(root, "README.md"), "utf8").matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]!);
 const dir = mkdtempSync(join(root, ".readme-test-"));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));

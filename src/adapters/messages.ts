@@ -8,8 +8,8 @@
 import type { Conn } from "../conn/conn.js";
 import type { Message } from "../conn/read.js";
 import { checkMessageType, type MessageData } from "../conn/write.js";
-import { CloseError, StatusCode } from "../protocol/close.js";
-import { ErrorCode } from "../protocol/errors.js";
+import { CloseError } from "../protocol/close.js";
+import { ErrorCode, StatusCode } from "../protocol/errors.js";
 import { MessageType } from "../protocol/frame.js";
 import { ConnDuplex } from "./netconn.js";
 

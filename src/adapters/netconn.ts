@@ -13,13 +13,13 @@
 
 import { isIPv6 } from "node:net";
 import { Duplex, type DuplexOptions, type Readable } from "node:stream";
-import { CloseError, StatusCode } from "../protocol/close.js";
 import type { Conn } from "../conn/conn.js";
-import { ErrorCode } from "../protocol/errors.js";
-import { MessageType } from "../protocol/frame.js";
-import { checkTimeout, isNoTimeout, startTimer } from "../internal/waiting.js";
 import type { StreamedMessage } from "../conn/read.js";
 import { checkMessageType } from "../conn/write.js";
+import { bindAbort, checkTimeout, isNoTimeout, noop, startTimer } from "../internal/waiting.js";
+import { CloseError } from "../protocol/close.js";
+import { ErrorCode, StatusCode } from "../protocol/errors.js";
+import { MessageType } from "../protocol/frame.js";
 
 /** Close codes that end a stream quietly: normal, going away, and a close frame without a status. */
 const QUIET_CLOSE_CODES: ReadonlySet<number> = new Set([
@@ -52,19 +52,17 @@ export abstract class ConnDuplex extends Duplex {
   protected readonly conn: Conn;
   /** A close has begun (received, sent or finished): destroy leaves it to finish. */
   protected closing = false;
-  private readonly signal: AbortSignal | undefined;
-  private readonly onAbort: (() => void) | undefined;
+  /** Stops listening to the constructor's signal. */
+  private readonly unbindAbort: () => void;
 
   protected constructor(conn: Conn, options: DuplexOptions, signal: AbortSignal | undefined) {
     super({ ...options, allowHalfOpen: false });
     this.conn = conn;
     void conn.closed.then(() => (this.closing = true));
-    this.signal = signal;
-    if (signal === undefined) return;
-    this.onAbort = () => this.destroy(signal.reason as Error);
+    const onAbort = (): void => void this.destroy(signal!.reason as Error);
     // Destroying in the constructor would emit 'error' before anyone listens.
-    if (signal.aborted) process.nextTick(this.onAbort);
-    else signal.addEventListener("abort", this.onAbort, { once: true });
+    if (signal?.aborted) process.nextTick(onAbort);
+    this.unbindAbort = signal?.aborted ? noop : bindAbort(signal, onAbort);
   }
 
   /**
@@ -98,7 +96,7 @@ export abstract class ConnDuplex extends Duplex {
    * close already under way is left to finish its handshake.
    */
   override _destroy(err: Error | null, callback: Callback): void {
-    if (this.onAbort) this.signal!.removeEventListener("abort", this.onAbort);
+    this.unbindAbort();
     if (!this.closing) {
       this.closing = true;
       this.conn.closeNow();

@@ -8,13 +8,13 @@ import { once } from "node:events";
 import { performance } from "node:perf_hooks";
 import * as readline from "node:readline";
 import { setTimeout as delay } from "node:timers/promises";
-import { isSendableCloseCode, MAX_CLOSE_REASON_BYTES, StatusCode } from "../protocol/close.js";
-import type { Conn } from "../conn/conn.js";
 import { dial } from "../client/dial.js";
-import { MessageType } from "../protocol/frame.js";
-import { checkUrl, DIAL_HELP, DIAL_OPTIONS, dialOptions, integer, parse, text, UsageError } from "./runtime.js";
-import { closeText, describe, isNormalClose, type Context } from "./runtime.js";
+import type { Conn } from "../conn/conn.js";
 import { noop } from "../internal/waiting.js";
+import { MAX_CLOSE_REASON_BYTES } from "../protocol/close.js";
+import { isSendableCloseCode, StatusCode } from "../protocol/errors.js";
+import { MessageType } from "../protocol/frame.js";
+import { checkUrl, closeText, type Context, describe, DIAL_HELP, DIAL_OPTIONS, dialOptions, integer, isNormalClose, parse, text, UsageError } from "./runtime.js";
 
 /** How long /ping waits for its pong, in ms. */
 const PING_TIMEOUT = 10_000;

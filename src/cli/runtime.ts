@@ -12,8 +12,8 @@ import { parseArgs, type ParseArgsConfig } from "node:util";
 import type { DialOptions } from "../client/dial.js";
 import type { Conn } from "../conn/conn.js";
 import { noop } from "../internal/waiting.js";
-import { CloseError, StatusCode } from "../protocol/close.js";
-import { HandshakeError } from "../protocol/errors.js";
+import { CloseError } from "../protocol/close.js";
+import { HandshakeError, StatusCode } from "../protocol/errors.js";
 import type { ServeOptions } from "../server/serve.js";
 
 /** UsageError is bad command-line input: printed as one line, exit status 2. */

@@ -16,17 +16,18 @@
  * stream for a complete one.
  */
 
+import * as net from "node:net";
 import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
 import { netConn } from "../adapters/netconn.js";
 import { dial, type DialOptions } from "../client/dial.js";
-import type { CloseInfo, Conn } from "../conn/conn.js";
+import type { Conn } from "../conn/conn.js";
 import { noop } from "../internal/waiting.js";
-import { closeStatus, StatusCode } from "../protocol/close.js";
+import { type CloseInfo, closeStatus } from "../protocol/close.js";
+import { StatusCode } from "../protocol/errors.js";
 import { MessageType } from "../protocol/frame.js";
 import { serve } from "../server/serve.js";
 import { checkUrl, type Context, describe, DIAL_HELP, DIAL_OPTIONS, dialOptions, formatHostPort, hostPort, type HostPort, isNormalClose, log, parse, SERVER_HELP, SERVER_OPTIONS, serverOptions, text, UsageError } from "./runtime.js";
-import * as net from "node:net";
 
 /** How long serve waits for the forward target to accept a connection, in ms. */
 const FORWARD_CONNECT_TIMEOUT = 10_000;

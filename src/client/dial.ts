@@ -11,13 +11,12 @@ import * as https from "node:https";
 import * as net from "node:net";
 import type { Socket } from "node:net";
 import type { ConnectionOptions } from "node:tls";
-import { checkConnOptions, Conn, DEFAULT_HANDSHAKE_TIMEOUT, type ConnOptions, type HandshakeTimeouts } from "../conn/conn.js";
-import { acceptResponse, checkCompressionOptions, clientOffer, settingsFor, type CompressionOptions } from "../protocol/handshake.js";
+import { Conn } from "../conn/conn.js";
+import { checkConnOptions, type ConnOptions, DEFAULT_HANDSHAKE_TIMEOUT, type HandshakeTimeouts } from "../conn/options.js";
+import { bindAbort, isNoTimeout, noop, startTimer } from "../internal/waiting.js";
 import { codedError, ErrorCode, HandshakeError, wrapError } from "../protocol/errors.js";
-import { acceptKey, checkHeaders, hasToken, headerList, isToken, singleHeader } from "../protocol/handshake.js";
-import { noop } from "../internal/waiting.js";
-import { isNoTimeout, startTimer } from "../internal/waiting.js";
-import { connectThroughProxy, directConnection, proxyFor, type CreateConnection, type DialTarget } from "./proxy.js";
+import { acceptKey, acceptResponse, checkCompressionOptions, checkHeaders, clientOffer, type CompressionOptions, hasToken, headerList, isToken, settingsFor, singleHeader } from "../protocol/handshake.js";
+import { connectThroughProxy, type CreateConnection, type DialTarget, directConnection, proxyFor } from "./proxy.js";
 
 /** The most bytes of a refused handshake's body kept in HandshakeError. */
 const MAX_ERROR_BODY = 64 * 1024;
@@ -201,10 +200,9 @@ function handshake(target: Target, options: DialOptions, createConnection: Creat
     };
     // dial hands each step what is left of its deadline: at least 1 ms, or Infinity (no timer).
     const timer = startTimer(timeout, () => stop(codedError(ErrorCode.HandshakeTimeout, `failed to dial: handshake not done within ${timeout} ms`)));
-    const onAbort = (): void => stop(signal!.reason);
-    signal?.addEventListener("abort", onAbort, { once: true });
+    const unbindAbort = bindAbort(signal, () => stop(signal!.reason));
     // An abort between two steps (the CONNECT and this request, or two redirect hops) fired no listener.
-    if (signal?.aborted) onAbort();
+    if (signal?.aborted) stop(signal.reason);
     // Set once a refusal's head arrived: from then on readBody settles, with what came of the body.
     let answered = false;
     /** finish settles once: the first of upgrade, refusal, error, timeout or abort wins. */
@@ -212,7 +210,7 @@ function handshake(target: Target, options: DialOptions, createConnection: Creat
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      signal?.removeEventListener("abort", onAbort);
+      unbindAbort();
       settle();
     };
     request.on("error", (err) => {

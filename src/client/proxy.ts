@@ -8,8 +8,9 @@ import * as http from "node:http";
 import * as net from "node:net";
 import type { Duplex } from "node:stream";
 import * as tls from "node:tls";
+import { DEFAULT_PROXY_TIMEOUT } from "../conn/options.js";
+import { bindAbort, startTimer } from "../internal/waiting.js";
 import { codedError, ErrorCode, HandshakeError, wrapError } from "../protocol/errors.js";
-import { startTimer } from "../internal/waiting.js";
 
 /** Where dial connects: host and port, or a unix socket path. */
 export interface DialTarget {
@@ -34,8 +35,6 @@ export interface ProxyDialOptions {
   createConnection?: CreateConnection;
 }
 
-/** The bound on a CONNECT exchange when the caller gives none, in ms. */
-const DEFAULT_PROXY_TIMEOUT = 10_000;
 
 /** directConnection connects over TCP, TLS (with SNI) or a unix socket. */
 export function directConnection(target: DialTarget, tlsOptions: tls.ConnectionOptions | undefined): CreateConnection {
@@ -251,13 +250,12 @@ function bound(pending: ProxyRequest, options: ProxyDialOptions, reject: (err: u
   const timer = startTimer(timeout, () => {
     stop(codedError(ErrorCode.HandshakeTimeout, `failed to dial: proxy ${pending.name} did not answer CONNECT within ${timeout} ms`));
   });
-  const onAbort = (): void => stop(signal!.reason);
-  signal?.addEventListener("abort", onAbort, { once: true });
+  const unbindAbort = bindAbort(signal, () => stop(signal!.reason));
   // An abort between two redirect hops fired no listener.
-  if (signal?.aborted) onAbort();
+  if (signal?.aborted) stop(signal.reason);
   const done = (): void => {
     clearTimeout(timer);
-    signal?.removeEventListener("abort", onAbort);
+    unbindAbort();
   };
   return {
     done,

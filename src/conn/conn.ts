@@ -7,34 +7,19 @@
  * https://www.rfc-editor.org/rfc/rfc6455#section-7
  */
 
-import { randomBytes } from "node:crypto";
 import type { Socket } from "node:net";
-import { performance } from "node:perf_hooks";
 import type { Writable } from "node:stream";
-import { noop, startTimer } from "../internal/waiting.js";
-import { CloseError, decodeClosePayload, encodeClosePayload, isSendableCloseCode, StatusCode } from "../protocol/close.js";
-import { ErrorCode } from "../protocol/errors.js";
+import { bindAbort, noop } from "../internal/waiting.js";
+import { CloseError, type CloseInfo, encodeClosePayload } from "../protocol/close.js";
+import { type FailureCode, isSendableCloseCode, StatusCode } from "../protocol/errors.js";
 import { type MessageType, Opcode } from "../protocol/frame.js";
 import { defaultThreshold, type DeflateSettings } from "../protocol/handshake.js";
-import { compressedVariant, DEFAULT_COMPRESSION_LEVEL, type FrameVariant, MessageDeflater, PLAIN_VARIANT } from "./deflate.js";
-import { Inbound } from "./inbound.js";
-import { checkLevel, checkLimit, type CloseInfo, type ConnInit, DEFAULT_CLOSE_TIMEOUT, DEFAULT_READ_LIMIT } from "./options.js";
-import { type Message, MessageIterator, type StreamedMessage } from "./read.js";
+import { CloseHandshake } from "./close-handshake.js";
+import { compressedVariant, type FrameVariant, MessageDeflater, PLAIN_VARIANT } from "./deflate.js";
+import { Inbound, PingTracker } from "./inbound.js";
+import { checkLevel, checkLimit, type ConnInit, DEFAULT_COMPRESSION_LEVEL, DEFAULT_READ_LIMIT } from "./options.js";
+import { type Message, MessageIterator, ReadSide, type StreamedMessage } from "./read.js";
 import { type MessageData, type PreparedMessage, WriteSide } from "./write.js";
-
-// The options and their checks live in conn-options.ts; importers of conn.ts find them here too.
-export {
-  checkConnOptions,
-  DEFAULT_CLOSE_TIMEOUT,
-  DEFAULT_HANDSHAKE_TIMEOUT,
-  DEFAULT_READ_LIMIT,
-  type CloseInfo,
-  type ConnInit,
-  type ConnOptions,
-  type HandshakeTimeouts,
-} from "./options.js";
-
-const EMPTY = Buffer.alloc(0);
 
 /**
  * Conn is a WebSocket connection, made by `accept` (server) or `dial`
@@ -50,26 +35,20 @@ export class Conn implements AsyncIterable<Message> {
   readonly extensions: string;
   /** Settles once, with how the connection ended, however it ended. Never rejects. */
   get closed(): Promise<CloseInfo> {
-    // Made on first use: a connection nobody asks about holds no promise.
-    const rare = this.rare;
-    if (rare.closedPromise === undefined) {
-      const info = rare.closeInfo;
-      rare.closedPromise = info ? Promise.resolve(info) : new Promise((resolve) => (rare.resolveClosed = resolve));
-    }
-    return rare.closedPromise;
+    return this.handshake.closed;
   }
 
   // Every field here costs 8 bytes on each of possibly many thousand
   // connections: what most of them never use lives in RareState.
   private readonly socket: Socket;
   private readonly isServer: boolean;
-  /** The frame parser, the read side and the inflater. */
+  /** The frame parser, the read queue and the inflater. */
   private readonly inbound: Inbound;
   private readonly writes: WriteSide;
+  private readonly reads: ReadSide;
   private readonly autoPong: boolean;
-  private closeSent = false;
-  private closeError: CloseError | undefined;
-  /** State most connections need only once they close, or never: made on first use. */
+  private readonly handshake: CloseHandshake;
+  /** State most connections never need (pings, closeRead, ping callbacks): made on first use. */
   private rareState: RareState | undefined;
 
   /**
@@ -84,15 +63,16 @@ export class Conn implements AsyncIterable<Message> {
     this.subprotocol = init.subprotocol ?? "";
     this.extensions = init.deflate?.header ?? "";
     const level = checkLevel(init.compressionLevel ?? DEFAULT_COMPRESSION_LEVEL);
-    if (init.onPing !== undefined || init.onPong !== undefined || init.closeTimeout !== undefined) {
+    if (init.onPing !== undefined || init.onPong !== undefined) {
       const rare = this.rare;
       rare.onPing = init.onPing;
       rare.onPong = init.onPong;
-      rare.closeTimeout = init.closeTimeout ?? DEFAULT_CLOSE_TIMEOUT;
     }
+    this.handshake = new CloseHandshake(this, this.isServer, init.closeTimeout);
     const deflate = init.deflate;
     const readLimit = checkLimit("read limit", init.readLimit ?? DEFAULT_READ_LIMIT);
     this.inbound = new Inbound(socket, this, { expectMasked: this.isServer, readLimit, deflate, budget: init.inboundBudget });
+    this.reads = new ReadSide(this.inbound.queue, this);
     this.writes = new WriteSide(socket, !this.isServer, this);
     if (init.writeQueueLimit !== undefined) this.writes.writeQueueLimit = checkLimit("write queue limit", init.writeQueueLimit);
     if (deflate !== undefined) this.setupWriteCompression(deflate, init.compressionThreshold, level);
@@ -115,7 +95,7 @@ export class Conn implements AsyncIterable<Message> {
    * the connection with 1009 for a message larger than the read limit.
    */
   read(signal?: AbortSignal): Promise<Message> {
-    return this.inbound.reads.read(signal);
+    return this.reads.read(signal);
   }
 
   /**
@@ -128,7 +108,7 @@ export class Conn implements AsyncIterable<Message> {
    * while the stream is still receiving fails the connection (1011).
    */
   reader(signal?: AbortSignal): Promise<StreamedMessage> {
-    return this.inbound.reads.reader(signal);
+    return this.reads.reader(signal);
   }
 
   /**
@@ -140,16 +120,15 @@ export class Conn implements AsyncIterable<Message> {
    * connection with 1008, like an expired context in nhooyr's CloseRead.
    */
   closeRead(signal?: AbortSignal): AbortSignal {
-    this.inbound.reads.closeRead();
-    signal?.addEventListener("abort", () => void this.close(StatusCode.PolicyViolation, "closeRead aborted").catch(noop), {
-      once: true,
-    });
-    if (signal?.aborted) void this.close(StatusCode.PolicyViolation, "closeRead aborted").catch(noop);
+    this.reads.closeRead();
+    const abort = (): void => void this.close(StatusCode.PolicyViolation, "closeRead aborted").catch(noop);
+    if (signal?.aborted) abort();
+    else bindAbort(signal, abort);
     // Made on first use: most connections never call closeRead.
     const rare = this.rare;
     if (rare.closeReadController === undefined) {
       rare.closeReadController = new AbortController();
-      if (this.closeError) rare.closeReadController.abort(this.closeError);
+      if (this.handshake.error) rare.closeReadController.abort(this.handshake.error);
     }
     return rare.closeReadController.signal;
   }
@@ -161,7 +140,7 @@ export class Conn implements AsyncIterable<Message> {
    * non-numeric limit.
    */
   setReadLimit(limit: number): void {
-    this.inbound.reads.readLimit = checkLimit("read limit", limit);
+    this.inbound.queue.readLimit = checkLimit("read limit", limit);
   }
 
   /**
@@ -172,7 +151,7 @@ export class Conn implements AsyncIterable<Message> {
    * connection open.
    */
   [Symbol.asyncIterator](): AsyncIterableIterator<Message> {
-    return new MessageIterator(this.inbound.reads);
+    return new MessageIterator(this.reads);
   }
 
   // ---- writing ----
@@ -224,7 +203,7 @@ export class Conn implements AsyncIterable<Message> {
    */
   ping(signal?: AbortSignal): Promise<number> {
     if (signal?.aborted) return Promise.reject(signal.reason);
-    if (this.closeError) return Promise.reject(this.closeError);
+    if (this.handshake.error) return Promise.reject(this.handshake.error);
     const tracker = (this.rare.pingTracker ??= new PingTracker());
     return tracker.ping((payload) => this.writes.writeControl(Opcode.Ping, payload), signal);
   }
@@ -254,16 +233,16 @@ export class Conn implements AsyncIterable<Message> {
     // A message being compressed when close() is called goes out before the close frame.
     this.writes.whenSent(() => {
       // A protocol error already found wins over this close.
-      this.failNowIfPending();
-      this.sendClose(new CloseError(code, reason), payload);
+      this.inbound.failNowIfPending();
+      this.handshake.close(code, reason, payload);
     });
     return this.closed.then(noop);
   }
 
   /** closeNow drops the connection at once, without a close handshake (1006). */
   closeNow(): void {
-    this.failNowIfPending();
-    this.terminate(new CloseError(StatusCode.AbnormalClosure, "connection dropped by closeNow"));
+    this.inbound.failNowIfPending();
+    this.handshake.terminate(new CloseError(StatusCode.AbnormalClosure, "connection dropped by closeNow"));
     this.socket.destroy();
   }
 
@@ -373,12 +352,13 @@ export class Conn implements AsyncIterable<Message> {
   onControlFrame(opcode: number, payload: Buffer): void {
     if (opcode === Opcode.Ping) return this.onPing(payload);
     if (opcode === Opcode.Pong) return this.onPong(payload);
-    this.onPeerClose(payload);
+    const malformed = this.handshake.onCloseFrame(payload);
+    if (malformed !== undefined) this.inbound.fail(malformed.errorCode, malformed.message);
   }
 
   private onPing(payload: Buffer): void {
     this.rareState?.onPing?.(payload);
-    if (!this.autoPong || this.closeSent) return;
+    if (!this.autoPong || this.handshake.sent) return;
     if (!this.socket.writableNeedDrain) {
       this.writes.writeControl(Opcode.Pong, payload);
       return;
@@ -393,7 +373,7 @@ export class Conn implements AsyncIterable<Message> {
     const rare = this.rare;
     const payload = rare.pendingPong;
     rare.pendingPong = undefined;
-    if (payload !== undefined && !this.closeSent) this.writes.writeControl(Opcode.Pong, payload);
+    if (payload !== undefined && !this.handshake.sent) this.writes.writeControl(Opcode.Pong, payload);
   }
 
   private onPong(payload: Buffer): void {
@@ -401,118 +381,63 @@ export class Conn implements AsyncIterable<Message> {
     this.rareState?.pingTracker?.onPong(payload);
   }
 
-  /** onPeerClose answers a close frame (https://www.rfc-editor.org/rfc/rfc6455#section-5.5.1). */
-  private onPeerClose(payload: Buffer): void {
-    const parsed = decodeClosePayload(payload);
-    if ("error" in parsed) {
-      const errorCode = parsed.code === 1007 ? ErrorCode.InvalidUtf8 : ErrorCode.InvalidClosePayload;
-      return this.failInbound(parsed.code, errorCode, parsed.error);
-    }
-    const rare = this.rare;
-    rare.receivedClose = parsed;
-    this.inbound.parser.stop();
-    // Answer on the next turn of the event loop: a message and the close often
-    // arrive in one TCP read, and the application woken by that message may
-    // still reply to it (an echo) before the close goes out. §5.5.1 lets an
-    // endpoint finish its current message before answering a close.
-    rare.closeAnswer = setImmediate(() => this.writes.whenSent(() => this.answerClose()));
-  }
-
-  /** answerClose echoes the peer's close code, once (https://www.rfc-editor.org/rfc/rfc6455#section-5.5.1). */
-  private answerClose(): void {
-    const rare = this.rareState;
-    if (rare?.closeAnswer === undefined) return;
-    clearImmediate(rare.closeAnswer);
-    rare.closeAnswer = undefined;
-    const { code, reason } = rare.receivedClose!;
-    const echo = code === StatusCode.NoStatusRcvd ? EMPTY : encodeClosePayload(code);
-    this.sendClose(new CloseError(code, reason, { remote: true }), echo);
-    // The server closes TCP first (§7.1.1); the client waits for it.
-    if (this.isServer && !this.socket.destroyed) this.socket.end();
-  }
-
   /** rare returns the connection's rarely needed state, making it on first use. */
   private get rare(): RareState {
     return (this.rareState ??= new RareState());
   }
 
+  // ---- hosts: what the inbound path, the read and write sides and the close handshake ask for ----
+
   /** @internal The connection is closing: no message will be read (InboundHost). */
   get closing(): boolean {
-    return this.closeError !== undefined;
+    return this.handshake.error !== undefined;
   }
 
   /**
    * @internal
-   * fail fails the connection (https://www.rfc-editor.org/rfc/rfc6455#section-7.1.7):
-   * it stops parsing, sends a close frame with `code` unless one was sent, and
-   * closes the TCP connection. Every protocol violation ends here.
+   * fail fails the connection at once (FailureHost): every failure ends here,
+   * those found in what the peer sent by way of Inbound.fail, in wire order.
    */
-  fail(code: number, errorCode: ErrorCode, message: string): void {
-    this.inbound.parser.stop();
-    const reason = Buffer.byteLength(message) > 123 ? message.slice(0, 120) + "..." : message;
-    this.sendClose(new CloseError(code, reason, { errorCode }), encodeClosePayload(code, reason));
-    if (!this.socket.writableEnded) this.socket.end();
+  fail(errorCode: FailureCode, message: string): void {
+    this.handshake.fail(errorCode, message);
   }
 
-  /**
-   * @internal
-   * failInbound fails the connection for something the peer sent
-   * (InboundHost), in wire order: parsing stops at once, but the failure
-   * takes effect on the next turn of the event loop, so that messages that
-   * were complete before the bad frame reach a waiting reader and the
-   * replies it writes at once go out before the close frame (as the
-   * Autobahn suite expects of cases 3.2–5.15). Bounded: one turn, whether or
-   * not anything reads, plus the compression of a reply begun in it.
-   */
-  failInbound(code: number, errorCode: ErrorCode, message: string): void {
-    this.inbound.parser.stop();
-    const rare = this.rare;
-    if (this.closeError !== undefined) return this.fail(code, errorCode, message);
-    if (rare.pendingFailure !== undefined) return;
-    rare.pendingFailure = { code, errorCode, message };
-    // After one turn, and after a reply being compressed then (zlib works off the thread).
-    rare.failTimer = setImmediate(() => this.writes.whenSent(() => this.failNowIfPending()));
+  /** @internal whenSent runs `fn` once no message is being compressed (InboundHost, CloseHost). */
+  whenSent(fn: () => void): void {
+    this.writes.whenSent(fn);
   }
 
-  /** failNowIfPending carries out a failure failInbound deferred, if one waits. */
-  private failNowIfPending(): void {
-    const rare = this.rareState;
-    const pending = rare?.pendingFailure;
-    if (pending === undefined) return;
-    clearImmediate(rare!.failTimer);
-    rare!.pendingFailure = rare!.failTimer = undefined;
-    this.fail(pending.code, pending.errorCode, pending.message);
+  /** @internal CloseHost. */
+  stopReading(): void {
+    this.inbound.stop();
   }
 
-  private sendClose(err: CloseError, payload: Buffer): void {
-    this.terminate(err);
-    if (this.closeSent || this.socket.destroyed) return;
-    this.closeSent = true;
-    this.writes.writeControl(Opcode.Close, payload);
-    this.armCloseTimer();
-  }
-
-  /** terminate records why the connection ends and wakes everything waiting on it. */
-  private terminate(err: CloseError): void {
-    if (this.closeError) return;
-    this.closeError = err;
-    this.inbound.reads.terminate(err);
-    // After the read side: a message cut short must fail, not complete.
-    this.inbound.stopInflating();
+  /** @internal CloseHost: wake everything waiting on the connection with `err`. */
+  terminate(err: CloseError): void {
+    this.inbound.terminate(err);
     this.writes.terminate(err);
     this.rareState?.pingTracker?.rejectAll(err);
     this.rareState?.closeReadController?.abort(err);
   }
 
-  private armCloseTimer(): void {
-    const rare = this.rare;
-    if (rare.closeTimer !== undefined) return;
-    const onTimeout = (): void => {
-      rare.closeTimedOut = true;
-      this.socket.destroy();
-    };
-    rare.closeTimer = startTimer(rare.closeTimeout, onTimeout, true);
+  /** @internal CloseHost. */
+  sendCloseFrame(payload: Buffer): boolean {
+    if (this.socket.destroyed) return false;
+    this.writes.writeControl(Opcode.Close, payload);
+    return true;
   }
+
+  /** @internal CloseHost. */
+  endSocket(): void {
+    if (!this.socket.writableEnded && !this.socket.destroyed) this.socket.end();
+  }
+
+  /** @internal CloseHost. */
+  destroySocket(): void {
+    this.socket.destroy();
+  }
+
+  // ---- socket events ----
 
   /** @internal Bytes arrived from the socket. */
   receive(chunk: Buffer): void {
@@ -521,38 +446,22 @@ export class Conn implements AsyncIterable<Message> {
 
   /** @internal The peer ended its side of the TCP connection. */
   onSocketEnd(): void {
-    this.failNowIfPending();
-    this.answerClose();
-    if (this.rareState?.receivedClose === undefined) {
-      this.terminate(new CloseError(StatusCode.AbnormalClosure, "connection closed without a close frame"));
-    }
-    if (!this.socket.writableEnded) this.socket.end();
+    this.inbound.failNowIfPending();
+    this.handshake.onPeerEnd();
   }
 
   /** @internal The socket failed. */
   onSocketError(err: Error): void {
-    this.failNowIfPending();
-    this.rare.socketError = err;
-    this.terminate(new CloseError(StatusCode.AbnormalClosure, `connection failed: ${err.message}`, { cause: err }));
+    this.inbound.failNowIfPending();
+    this.handshake.onSocketError(err);
   }
 
   /** @internal The socket is closed: settle everything. */
   onSocketClose(): void {
-    this.failNowIfPending();
-    this.answerClose();
-    clearTimeout(this.rareState?.closeTimer);
+    this.inbound.failNowIfPending();
     this.inbound.release();
     this.writes.compression?.deflater.release();
-    this.terminate(new CloseError(StatusCode.AbnormalClosure, "connection closed without a close frame"));
-    const rare = this.rare;
-    if (rare.closeInfo !== undefined) return;
-    const received = rare.receivedClose;
-    rare.closeInfo = {
-      code: received?.code ?? StatusCode.AbnormalClosure,
-      reason: received?.reason ?? "",
-      wasClean: this.closeSent && received !== undefined && rare.socketError === undefined && !rare.closeTimedOut,
-    };
-    rare.resolveClosed?.(rare.closeInfo);
+    this.handshake.onSocketClose();
   }
 }
 
@@ -583,96 +492,17 @@ function onSocketClose(this: OwnedSocket): void {
 }
 
 /**
- * RareState holds what a connection needs only around its close, for pings
- * or for closeRead: one object made on first use instead of a dozen fields
- * on every Conn, most of them unused for the connection's whole life.
+ * RareState holds what a connection needs only for pings, ping callbacks or
+ * closeRead: one object made on first use instead of fields on every Conn,
+ * unused by most for their whole life.
  */
 class RareState {
   /** The onPing and onPong options. */
   onPing: ((payload: Buffer) => void) | undefined;
   onPong: ((payload: Buffer) => void) | undefined;
-  closeTimeout = DEFAULT_CLOSE_TIMEOUT;
-  /** The peer's close frame, once it came. */
-  receivedClose: { code: number; reason: string } | undefined;
-  /** Set between a peer's close frame and our answer to it (see onPeerClose). */
-  closeAnswer: NodeJS.Immediate | undefined;
-  socketError: Error | undefined;
-  closeTimer: NodeJS.Timeout | undefined;
-  closeTimedOut = false;
-  closeInfo: CloseInfo | undefined;
-  closedPromise: Promise<CloseInfo> | undefined;
-  resolveClosed: ((info: CloseInfo) => void) | undefined;
   closeReadController: AbortController | undefined;
   /** Made on the first ping: most connections never send one. */
   pingTracker: PingTracker | undefined;
   /** The latest ping's payload, while the socket is too full to answer it. */
   pendingPong: Buffer | undefined;
-  /** A failure failInbound deferred to the next turn, and its timer. */
-  pendingFailure: { code: number; errorCode: ErrorCode; message: string } | undefined;
-  failTimer: NodeJS.Immediate | undefined;
-}
-
-interface PendingPing {
-  resolve(rtt: number): void;
-  reject(err: unknown): void;
-  sentAt: number;
-}
-
-/**
- * PingTracker gives every ping a unique 8-byte payload and settles it when
- * the pong with that payload arrives. A peer may answer only the latest of
- * several pings (§5.5.3), so a pong also settles every ping sent before its
- * own.
- */
-export class PingTracker {
-  /** Made on the first ping: most connections never send one. */
-  private pending: Map<string, PendingPing> | undefined;
-  private counter = 0;
-  /** A random prefix, so payloads tell the peer nothing about this process. */
-  private prefix = 0;
-
-  /** ping sends a ping through `send` and resolves with the round trip in ms. */
-  ping(send: (payload: Buffer) => void, signal: AbortSignal | undefined): Promise<number> {
-    if (this.counter === 0) this.prefix = randomBytes(4).readUInt32BE(0);
-    const payload = Buffer.allocUnsafe(8);
-    payload.writeUInt32BE(this.prefix, 0);
-    payload.writeUInt32BE(++this.counter >>> 0, 4);
-    const key = payload.toString("latin1");
-    const map = (this.pending ??= new Map());
-    return new Promise<number>((resolve, reject) => {
-      const pending: PendingPing = { resolve, reject, sentAt: performance.now() };
-      map.set(key, pending);
-      if (signal) {
-        const onAbort = (): void => {
-          map.delete(key);
-          reject(signal.reason);
-        };
-        signal.addEventListener("abort", onAbort, { once: true });
-        pending.resolve = (rtt) => (signal.removeEventListener("abort", onAbort), resolve(rtt));
-        pending.reject = (err) => (signal.removeEventListener("abort", onAbort), reject(err));
-      }
-      send(payload);
-    });
-  }
-
-  /** onPong settles the ping `payload` answers, and every earlier one; unsolicited pongs are ignored. */
-  onPong(payload: Buffer): void {
-    const key = payload.toString("latin1");
-    const map = this.pending;
-    if (map === undefined || !map.has(key)) return;
-    const now = performance.now();
-    for (const [k, pending] of map) {
-      map.delete(k);
-      pending.resolve(now - pending.sentAt);
-      if (k === key) break;
-    }
-  }
-
-  /** rejectAll fails every waiting ping with `err`. */
-  rejectAll(err: unknown): void {
-    const map = this.pending;
-    if (map === undefined) return;
-    for (const pending of map.values()) pending.reject(err);
-    map.clear();
-  }
 }

@@ -21,8 +21,6 @@ const INFLATE_CHUNK = 16 * 1024;
 /** Writes queued in zlib past which the caller is asked to wait: each costs a hundred bytes or so. */
 const MAX_WRITES_IN_FLIGHT = 4;
 
-/** The default zlib level: a good ratio for text at a fraction of level 9's cost. */
-export const DEFAULT_COMPRESSION_LEVEL = 6;
 
 /**
  * MessageInflater decompresses incoming messages as their frames arrive. It

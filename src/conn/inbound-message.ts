@@ -8,7 +8,7 @@
  */
 
 import type { MessageType } from "../protocol/frame.js";
-import { maskInto, maskWithWord } from "../protocol/payload.js";
+import { EMPTY_PAYLOAD, maskInto, maskWithWord } from "../protocol/payload.js";
 
 /**
  * What each kept piece costs besides its bytes (a Buffer view and its array
@@ -37,7 +37,6 @@ const TAIL_KEEP_MIN = 64;
  */
 const SMALL_READ = 4096;
 
-const EMPTY = Buffer.alloc(0);
 
 /**
  * keepsView tells whether a chunk is kept as a view of the buffer it came in:
@@ -145,7 +144,7 @@ export class InboundMessage {
   /** nextChunk takes the next piece, unmasked; call hasChunk first. */
   nextChunk(): Buffer {
     const piece = this.pieces[this.taken]!;
-    this.pieces[this.taken++] = EMPTY;
+    this.pieces[this.taken++] = EMPTY_PAYLOAD;
     this.held -= piece.length + PIECE_COST;
     if (this.maskKey !== 0) maskWithWord(piece, this.maskKey, this.takenBytes);
     this.takenBytes += piece.length;
@@ -197,7 +196,7 @@ export class InboundMessage {
     this.tail = undefined;
     this.tailFill = 0;
     this.held = 0;
-    return EMPTY;
+    return EMPTY_PAYLOAD;
   }
 
   private reset(): void {

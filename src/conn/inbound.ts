@@ -1,34 +1,40 @@
 /**
- * The inbound path of a connection: the frame parser and its sink. Data
- * frames go to the read side, through the inflater when a message is
+ * The inbound path of a connection: the frame parser, its sink, and the read
+ * queue. Data frames go to the queue, through the inflater when a message is
  * compressed (https://www.rfc-editor.org/rfc/rfc7692#section-6.2); control
- * frames and failures go back to the connection. The socket stays paused for
- * as long as any reason to hold its bytes remains.
+ * frames go back to the connection. A failure found in what the peer sent
+ * takes effect in wire order (see fail). The socket stays paused for as long
+ * as any reason to hold its bytes remains. Pongs settle the pings this side
+ * sent (PingTracker).
  */
 
+import { randomBytes } from "node:crypto";
 import type { Socket } from "node:net";
-import type { InboundBudget } from "./options.js";
+import { performance } from "node:perf_hooks";
+import { bindAbort } from "../internal/waiting.js";
+import type { CloseError } from "../protocol/close.js";
+import { ErrorCode, type FailureCode, type FailureHost } from "../protocol/errors.js";
+import { FrameParser, type FrameSink, type MessageType, Opcode } from "../protocol/frame.js";
 import type { DeflateSettings } from "../protocol/handshake.js";
 import { MessageInflater } from "./deflate.js";
-import { ErrorCode } from "../protocol/errors.js";
-import { Opcode, type MessageType } from "../protocol/frame.js";
-import { FrameParser, type FrameSink } from "../protocol/frame.js";
-import { ReadSide, type ReadHost } from "./read.js";
+import type { InboundBudget } from "./options.js";
+import { ReadQueue, type ReadQueueHost } from "./read-queue.js";
 
-/** What the inbound path needs from its connection. */
-export interface InboundHost {
+/** What the inbound path needs from its connection; `fail` fails it at once. */
+export interface InboundHost extends FailureHost {
   /** A ping, pong or close frame arrived. */
   onControlFrame(opcode: number, payload: Buffer): void;
-  /**
-   * Fail the connection with `code`, in wire order: parsing stops at once,
-   * and messages completed before the failure are still handed to the
-   * application before the close frame goes out.
-   */
-  failInbound(code: number, errorCode: ErrorCode, message: string): void;
-  /** Fail the connection at once, for something the application did. */
-  fail(code: number, errorCode: ErrorCode, message: string): void;
   /** The connection is closing: nobody reads messages any more. */
   readonly closing: boolean;
+  /** whenSent runs `fn` once no message is being compressed for the write side (WriteSide.whenSent). */
+  whenSent(fn: () => void): void;
+}
+
+/** A failure fail deferred to the next turn of the event loop, and its timer. */
+interface PendingFailure {
+  errorCode: FailureCode;
+  message: string;
+  timer: NodeJS.Immediate | undefined;
 }
 
 /** Why the socket is paused; it resumes when no reason is left. */
@@ -55,15 +61,16 @@ export interface InboundOptions {
 const INFLATE_BATCH_MAX = 16 * 1024;
 
 /** Inbound is the parser's sink and the read side's host for one connection. */
-export class Inbound implements FrameSink, ReadHost {
-  readonly parser: FrameParser;
-  readonly reads: ReadSide;
+export class Inbound implements FrameSink, ReadQueueHost {
+  private readonly parser: FrameParser;
+  readonly queue: ReadQueue;
   private readonly inflater: MessageInflater | undefined;
   private compressedMessage = false;
   private pauseReasons = 0;
   /** Compressed payload of this socket read not yet handed to zlib. */
   private inflateBatch: Buffer[] | undefined;
   private inflateBatchSize = 0;
+  private pendingFailure: PendingFailure | undefined;
 
   constructor(
     private readonly socket: Socket,
@@ -72,12 +79,12 @@ export class Inbound implements FrameSink, ReadHost {
   ) {
     const deflate = options.deflate;
     this.parser = new FrameParser(this, { expectMasked: options.expectMasked, allowRsv1: deflate !== undefined });
-    this.reads = new ReadSide(this, options.readLimit, options.budget);
+    this.queue = new ReadQueue(this, options.readLimit, options.budget);
     if (deflate !== undefined) {
       this.inflater = new MessageInflater(
         !deflate.receiveNoContextTakeover,
-        (chunk) => this.reads.appendPayload(chunk),
-        (err) => host.failInbound(1007, ErrorCode.InvalidCompressedData, `invalid compressed data: ${err.message}`),
+        (chunk) => this.queue.appendPayload(chunk),
+        (err) => this.fail(ErrorCode.InvalidCompressedData, `invalid compressed data: ${err.message}`),
       );
     }
   }
@@ -92,39 +99,76 @@ export class Inbound implements FrameSink, ReadHost {
 
   onDataFrame(opcode: number, fin: boolean, rsv1: boolean, length: number): boolean {
     if (opcode !== Opcode.Continuation) {
-      if (!this.reads.startMessage(opcode as MessageType)) return false;
+      if (!this.queue.startMessage(opcode as MessageType)) return false;
       this.compressedMessage = rsv1;
     }
     // Compressed frames are checked as they inflate: their size says nothing.
-    if (this.compressedMessage || !this.reads.admitsFrame(length, fin)) return false;
-    return this.reads.keepsMasked(fin, length);
+    if (this.compressedMessage || !this.queue.admitsFrame(length, fin)) return false;
+    return this.queue.keepsMasked(fin, length);
   }
 
   onMaskedPayload(chunk: Buffer, maskKey: number): void {
-    this.reads.appendMaskedPayload(chunk, maskKey);
+    this.queue.appendMaskedPayload(chunk, maskKey);
   }
 
   onDataPayload(chunk: Buffer): void {
     // Once the connection is closing nobody reads messages: don't inflate them.
-    if (!this.compressedMessage) this.reads.appendPayload(chunk);
+    if (!this.compressedMessage) this.queue.appendPayload(chunk);
     else if (!this.host.closing) this.inflate(chunk);
   }
 
   onDataFrameEnd(fin: boolean): void {
     if (!fin) return;
     if (this.compressedMessage && !this.host.closing) this.endInflate();
-    else this.reads.endMessage();
+    else this.queue.endMessage();
   }
 
   onControlFrame(opcode: number, payload: Buffer): void {
     this.host.onControlFrame(opcode, payload);
   }
 
-  onFramingError(code: number, errorCode: ErrorCode, message: string): void {
-    this.host.failInbound(code, errorCode, message);
+  // ---- failing, and ReadQueueHost ----
+
+  /**
+   * fail fails the connection for something the peer sent (FrameSink,
+   * ReadQueueHost), in wire order: parsing stops at once, but the failure
+   * takes effect on the next turn of the event loop, so that messages that
+   * were complete before the bad frame reach a waiting reader and the
+   * replies it writes at once go out before the close frame (as the
+   * Autobahn suite expects of cases 3.2–5.15). Bounded: one turn, whether or
+   * not anything reads, plus the compression of a reply begun in it.
+   */
+  fail(errorCode: FailureCode, message: string): void {
+    this.parser.stop();
+    if (this.host.closing) return this.host.fail(errorCode, message);
+    if (this.pendingFailure !== undefined) return;
+    const pending: PendingFailure = { errorCode, message, timer: undefined };
+    this.pendingFailure = pending;
+    // After one turn, and after a reply being compressed then (zlib works off the thread).
+    pending.timer = setImmediate(() => this.host.whenSent(() => this.failNowIfPending()));
   }
 
-  // ---- ReadHost ----
+  /** failNowIfPending carries out a failure fail deferred, if one waits: the socket ended, or the application closes. */
+  failNowIfPending(): void {
+    const pending = this.pendingFailure;
+    if (pending === undefined) return;
+    clearImmediate(pending.timer);
+    this.pendingFailure = undefined;
+    this.host.fail(pending.errorCode, pending.message);
+  }
+
+  /** stop stops parsing: the connection is closing and what follows on the wire is not read. */
+  stop(): void {
+    this.parser.stop();
+  }
+
+  /** terminate ends reading with `err` and drops decompression nobody will read. */
+  terminate(err: CloseError): void {
+    this.queue.terminate(err);
+    // After the queue: a message cut short must fail, not complete.
+    this.stopInflating();
+  }
+
 
   pauseSocket(): void {
     this.pauseFor(PAUSE_UNREAD);
@@ -136,14 +180,6 @@ export class Inbound implements FrameSink, ReadHost {
     this.resumeFor(PAUSE_UNREAD);
   }
 
-  fail(code: number, errorCode: ErrorCode, message: string): void {
-    this.host.fail(code, errorCode, message);
-  }
-
-  failInbound(code: number, errorCode: ErrorCode, message: string): void {
-    this.host.failInbound(code, errorCode, message);
-  }
-
   // ---- decompression ----
 
   /**
@@ -151,7 +187,7 @@ export class Inbound implements FrameSink, ReadHost {
    * rest of a bomb already handed to zlib would still be inflated (and
    * thrown away) after the 1009, hundreds of milliseconds of CPU per message.
    */
-  stopInflating(): void {
+  private stopInflating(): void {
     this.inflateBatch = undefined;
     this.inflateBatchSize = 0;
     this.inflater?.stop();
@@ -205,11 +241,75 @@ export class Inbound implements FrameSink, ReadHost {
     this.parser.suspend();
     this.pauseFor(PAUSE_INFLATING);
     this.inflater!.end(() => {
-      this.reads.endMessage();
+      this.queue.endMessage();
       this.resumeFor(PAUSE_INFLATING);
       this.parser.resume();
       // The bytes held meanwhile may have begun the next compressed message: hand them over now.
       if (this.inflateBatch !== undefined) this.flushInflate();
     });
+  }
+}
+
+interface PendingPing {
+  resolve(rtt: number): void;
+  reject(err: unknown): void;
+  sentAt: number;
+}
+
+/**
+ * PingTracker gives every ping a unique 8-byte payload and settles it when
+ * the pong with that payload arrives. A peer may answer only the latest of
+ * several pings (§5.5.3), so a pong also settles every ping sent before its
+ * own.
+ */
+export class PingTracker {
+  /** Made on the first ping: most connections never send one. */
+  private pending: Map<string, PendingPing> | undefined;
+  private counter = 0;
+  /** A random prefix, so payloads tell the peer nothing about this process. */
+  private prefix = 0;
+
+  /** ping sends a ping through `send` and resolves with the round trip in ms. */
+  ping(send: (payload: Buffer) => void, signal: AbortSignal | undefined): Promise<number> {
+    if (this.counter === 0) this.prefix = randomBytes(4).readUInt32BE(0);
+    const payload = Buffer.allocUnsafe(8);
+    payload.writeUInt32BE(this.prefix, 0);
+    payload.writeUInt32BE(++this.counter >>> 0, 4);
+    const key = payload.toString("latin1");
+    const map = (this.pending ??= new Map());
+    return new Promise<number>((resolve, reject) => {
+      const pending: PendingPing = { resolve, reject, sentAt: performance.now() };
+      map.set(key, pending);
+      if (signal) {
+        const unbind = bindAbort(signal, () => {
+          map.delete(key);
+          reject(signal.reason);
+        });
+        pending.resolve = (rtt) => (unbind(), resolve(rtt));
+        pending.reject = (err) => (unbind(), reject(err));
+      }
+      send(payload);
+    });
+  }
+
+  /** onPong settles the ping `payload` answers, and every earlier one; unsolicited pongs are ignored. */
+  onPong(payload: Buffer): void {
+    const key = payload.toString("latin1");
+    const map = this.pending;
+    if (map === undefined || !map.has(key)) return;
+    const now = performance.now();
+    for (const [k, pending] of map) {
+      map.delete(k);
+      pending.resolve(now - pending.sentAt);
+      if (k === key) break;
+    }
+  }
+
+  /** rejectAll fails every waiting ping with `err`. */
+  rejectAll(err: unknown): void {
+    const map = this.pending;
+    if (map === undefined) return;
+    for (const pending of map.values()) pending.reject(err);
+    map.clear();
   }
 }

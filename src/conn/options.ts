@@ -20,20 +20,6 @@ export const DEFAULT_CLOSE_TIMEOUT = 5000;
 /** The default bound on a whole opening handshake (accept and dial), in ms. */
 export const DEFAULT_HANDSHAKE_TIMEOUT = 10_000;
 
-/** CloseInfo is how a connection ended, as `Conn.closed` reports it. */
-export interface CloseInfo {
-  /**
-   * The code of the close frame received (1005 if it had none), or 1006 when
-   * none came, as in the WebSocket API. Why this side closed or failed the
-   * connection is in the CloseError that reads and writes reject with.
-   */
-  code: number;
-  /** The reason of the close frame received, or "". */
-  reason: string;
-  /** True when close frames went both ways and the socket closed without error. */
-  wasClean: boolean;
-}
-
 /** ConnOptions are the per-connection settings shared by accept and dial. */
 export interface ConnOptions {
   /**
@@ -119,6 +105,18 @@ export function checkLimit(what: string, limit: number): number {
   }
   return limit;
 }
+
+/** The default zlib level: a good ratio for text at a fraction of level 9's cost. */
+export const DEFAULT_COMPRESSION_LEVEL = 6;
+
+/** The default bound on bytes of messages waiting to be written (see WriteSide.submit). */
+export const DEFAULT_WRITE_QUEUE_LIMIT = 8 * 1024 * 1024;
+
+/** Unread bytes past which a connection pauses its socket; it resumes at half. */
+export const READ_HIGH_WATER_MARK = 256 * 1024;
+
+/** The bound on a proxy's CONNECT exchange when dial is given no handshakeTimeout, in ms. */
+export const DEFAULT_PROXY_TIMEOUT = 10_000;
 
 /** The default budget, shared by every server connection in the process: 64 MiB. */
 export const DEFAULT_INBOUND_BUDGET = 64 * 1024 * 1024;

@@ -8,13 +8,12 @@
  */
 
 import { Readable } from "node:stream";
-import { AbortableLock } from "../internal/waiting.js";
-import { CloseError, StatusCode } from "../protocol/close.js";
-import { ErrorCode } from "../protocol/errors.js";
+import { AbortableLock, bindAbort, noop } from "../internal/waiting.js";
+import { CloseError } from "../protocol/close.js";
+import { ErrorCode, type FailureHost, StatusCode } from "../protocol/errors.js";
 import { MessageType } from "../protocol/frame.js";
-import { Utf8Validator } from "../protocol/payload.js";
-import { InboundMessage } from "./inbound-message.js";
-import type { BudgetAccount, InboundBudget } from "./options.js";
+import type { InboundMessage } from "./inbound-message.js";
+import type { ReadQueue } from "./read-queue.js";
 
 /** Message is one data message returned by `Conn.read`. */
 export interface Message {
@@ -55,208 +54,35 @@ function toResult(value: Message): IteratorResult<Message> {
   return { done: false, value };
 }
 
-/** What the read side needs from its connection. */
-export interface ReadHost {
-  pauseSocket(): void;
-  resumeSocket(): void;
-  /** fail fails the connection at once: sends `code`, rejects everything pending. */
-  fail(code: number, errorCode: ErrorCode, message: string): void;
-  /** failInbound fails it for what the peer sent, in wire order (see Conn.failInbound). */
-  failInbound(code: number, errorCode: ErrorCode, message: string): void;
-}
-
-/** Unread bytes past which the socket is paused. */
-export const READ_HIGH_WATER_MARK = 256 * 1024;
-
 /**
- * Single-frame binary messages from this size on stay masked until they are
- * read: smaller ones mostly arrive in one socket read, with nothing to copy
- * together.
+ * ReadSide serves the reads of one connection from its read queue. It is its
+ * own read lock, held by a read or reader for one whole message. Its host
+ * fails the connection at once: what fails here is something the
+ * application did (took a message over the read limit, aborted mid-message,
+ * called closeRead with a message waiting).
  */
-const KEEP_MASKED_MIN = 16 * 1024;
-
-/**
- * What a queued message costs besides its payload (its objects, about 140
- * bytes of heap), counted as unread bytes so that a flood of empty messages
- * nobody reads pauses the socket too, instead of growing the queue forever.
- */
-const MESSAGE_COST = 128;
-
-/**
- * ReadSide owns the incoming message queue of one connection. It is its own
- * read lock, held by a read or reader for one whole message.
- */
-export class ReadSide extends AbortableLock implements BudgetAccount {
-  readLimit: number;
-  /** The process-wide bound this connection's unfinished messages count against, if any. */
-  private readonly budget: InboundBudget | undefined;
-  /** BudgetAccount: what the message being received has charged to `budget`. */
-  budgeted = 0;
-  budgetPrev: BudgetAccount | undefined;
-  budgetNext: BudgetAccount | undefined;
-  /** The frame being received ends its message. */
-  private finalFrame = false;
-  /** The queue of messages not yet taken, oldest first, linked through `next`: no array per connection. */
-  private first: InboundMessage | undefined;
-  private last: InboundMessage | undefined;
-  private receiving: InboundMessage | undefined;
-  /** Made for the first text message: binary-only connections never need it. */
-  private utf8Validator: Utf8Validator | undefined;
-  private buffered = 0;
-  private paused = false;
-  private wake: ((this: ReadSide) => void) | undefined;
+export class ReadSide extends AbortableLock {
   /** The settle functions of a read waiting in readWhenNext, and the iteration it reads for. */
   private idleResolve: ((value: unknown) => void) | undefined;
   private idleReject: ((err: unknown) => void) | undefined;
   private idleIteration: Iteration | undefined;
-  private error: CloseError | undefined;
-  private closeReading = false;
 
   constructor(
-    private readonly host: ReadHost,
-    readLimit: number,
-    budget?: InboundBudget,
+    readonly queue: ReadQueue,
+    private readonly host: FailureHost,
   ) {
     super();
-    this.readLimit = readLimit;
-    this.budget = budget;
   }
-
-  // ---- fed by the connection, in wire order ----
-
-  /**
-   * startMessage opens a new data message. It returns false after failing the
-   * connection. Once the connection is closing, messages are parsed and dropped.
-   */
-  startMessage(type: MessageType): boolean {
-    const message = new InboundMessage(type);
-    this.receiving = message;
-    if (this.error) return true;
-    if (this.closeReading) {
-      this.host.failInbound(1008, ErrorCode.UnexpectedData, "unexpected data message after closeRead");
-      return false;
-    }
-    if (this.last === undefined) this.first = message;
-    else this.last.next = message;
-    this.last = message;
-    this.addBuffered(MESSAGE_COST);
-    this.notify();
-    return true;
-  }
-
-  /**
-   * admitsFrame tells whether `length` more bytes fit the read limit, failing
-   * the connection with 1009 before any of them arrives when they do not.
-   * The limit applies to a message once a read takes it, as in nhooyr, so
-   * setReadLimit works for messages that arrived before it was called; until
-   * then unread bytes are bounded by READ_HIGH_WATER_MARK instead.
-   */
-  admitsFrame(length: number, fin: boolean): boolean {
-    const message = this.receiving!;
-    message.declared = message.size + length;
-    this.finalFrame = fin;
-    if (this.error || !message.claimed || message.declared <= this.readLimit) return true;
-    this.failTooBig(message.declared, true);
-    return false;
-  }
-
-  /**
-   * keepsMasked decides, as a message's only frame begins, to queue its
-   * payload still masked (appendMaskedPayload) and unmask it when it is
-   * taken: a message in several socket chunks is then unmasked in the same
-   * pass that copies it together, one pass over its bytes less. Only binary
-   * messages: text is validated as it arrives.
-   */
-  keepsMasked(fin: boolean, length: number): boolean {
-    const message = this.receiving!;
-    return fin && message.type === MessageType.Binary && message.size === 0 && length >= KEEP_MASKED_MIN && !this.error;
-  }
-
-  /**
-   * appendMaskedPayload queues payload bytes as they arrived, masked with
-   * `maskKey` (0: not masked); the message's one frame began with
-   * keepsMasked, so the whole message has that key, and each chunk's place
-   * in the key's cycle is its offset in the message.
-   */
-  appendMaskedPayload(chunk: Buffer, maskKey: number): void {
-    this.receiving!.maskKey = maskKey;
-    this.appendPayload(chunk);
-  }
-
-  /** appendPayload adds (decompressed) payload bytes to the message being received. */
-  appendPayload(chunk: Buffer): void {
-    if (this.error) return;
-    const message = this.receiving!;
-    if (message.type === MessageType.Text && !this.utf8().push(chunk)) {
-      return this.host.failInbound(1007, ErrorCode.InvalidUtf8, "text message is not valid UTF-8");
-    }
-    const size = message.size + chunk.length;
-    if (message.claimed && size > this.readLimit) return this.failTooBig(size, true);
-    if (message.discard) {
-      message.size = size;
-      return;
-    }
-    const held = message.held;
-    // Compressed messages never declare their size: their chunks are never `last`.
-    const last = this.finalFrame && size === message.declared;
-    message.append(chunk, last);
-    this.notify();
-    // Last: a charge over the process budget may shed this very connection.
-    // The chunk that completes a message is not charged: the message is done
-    // before anything else runs.
-    this.charge(message, message.held - held, !last);
-  }
-
-  /** endMessage completes the message being received. */
-  endMessage(): void {
-    const message = this.receiving!;
-    if (this.error) {
-      this.receiving = undefined;
-      return;
-    }
-    // Still `receiving` while failing, so terminate() fails this message and
-    // wakes a read waiting for its end.
-    if (message.type === MessageType.Text && !this.utf8().end()) {
-      return this.host.failInbound(1007, ErrorCode.InvalidUtf8, "text message ends inside a UTF-8 sequence");
-    }
-    this.receiving = undefined;
-    message.complete = true;
-    this.releaseBudget();
-    this.notify();
-  }
-
-  /**
-   * terminate ends reading with `err`: an incomplete message fails, complete
-   * queued messages stay readable, then every read rejects with `err`.
-   */
-  terminate(err: CloseError): void {
-    if (this.error) return;
-    this.error = err;
-    const message = this.receiving;
-    if (message) {
-      message.failed = true;
-      this.unqueue(message);
-      this.dropMessage(message);
-    }
-    this.utf8Validator?.reset();
-    this.notify();
-    // The peer's close frame may sit behind unread data: keep parsing so the
-    // close handshake completes. Data frames are dropped from now on, so the
-    // queue cannot grow.
-    this.resumeIfPaused();
-  }
-
-  // ---- consumers ----
 
   /** read implements Conn.read. */
   read(signal?: AbortSignal): Promise<Message> {
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (!this.tryAcquire()) return this.readSlowly(signal, false);
-    const head = this.first;
-    if (head === undefined && signal === undefined && !this.error) return this.readWhenNext(undefined);
+    const head = this.queue.head;
+    if (head === undefined && signal === undefined && !this.queue.failure) return this.readWhenNext(undefined);
     if (head === undefined || !head.complete) return this.readSlowly(signal, true);
     const message = this.takeComplete();
-    return message === undefined ? Promise.reject(this.error) : Promise.resolve(message);
+    return message === undefined ? Promise.reject(this.queue.failure) : Promise.resolve(message);
   }
 
   /**
@@ -266,12 +92,12 @@ export class ReadSide extends AbortableLock implements BudgetAccount {
    */
   next(iteration: Iteration): Promise<IteratorResult<Message>> {
     if (this.tryAcquire()) {
-      const head = this.first;
-      if (head === undefined && !this.error) return this.readWhenNext(iteration);
+      const head = this.queue.head;
+      if (head === undefined && !this.queue.failure) return this.readWhenNext(iteration);
       if (head !== undefined && head.complete) {
         const message = this.takeComplete();
         if (message !== undefined) return Promise.resolve(toResult(message));
-        const err = this.error;
+        const err = this.queue.failure;
         return new Promise((resolve) => resolve(iteration.end(err)));
       }
       this.release();
@@ -279,32 +105,32 @@ export class ReadSide extends AbortableLock implements BudgetAccount {
     return this.read().then(toResult, (err: unknown) => iteration.end(err));
   }
 
-  /** shift takes the oldest message off the queue. */
-  private shift(): InboundMessage | undefined {
-    const head = this.first;
-    if (head === undefined) return undefined;
-    this.first = head.next;
-    head.next = undefined;
-    if (this.first === undefined) this.last = undefined;
-    return head;
+  /** reader implements Conn.reader. */
+  async reader(signal?: AbortSignal): Promise<StreamedMessage> {
+    if (signal?.aborted) throw signal.reason;
+    await this.acquire(signal);
+    let message: InboundMessage;
+    try {
+      message = await this.nextMessage(signal);
+    } catch (err) {
+      this.release();
+      throw err;
+    }
+    this.queue.streams(message);
+    return { type: message.type, stream: new MessageReadable(this, message, signal) };
   }
 
-  /** unqueue removes `message` from the queue, if it is there. */
-  private unqueue(message: InboundMessage): void {
-    let previous: InboundMessage | undefined;
-    for (let m = this.first; m !== undefined; previous = m, m = m.next) {
-      if (m !== message) continue;
-      if (previous === undefined) this.first = m.next;
-      else previous.next = m.next;
-      if (this.last === m) this.last = previous;
-      m.next = undefined;
-      return;
-    }
+  /**
+   * closeRead implements Conn.closeRead: from now on a data message, or one
+   * already waiting, fails the connection with 1008.
+   */
+  closeRead(): void {
+    if (!this.queue.closeRead()) this.host.fail(ErrorCode.UnexpectedData, "unexpected data message after closeRead");
   }
 
   /** takeComplete takes the complete message at the head of the queue and releases the lock; undefined after failing. */
   private takeComplete(): Message | undefined {
-    const head = this.shift()!;
+    const head = this.queue.shift()!;
     const message = this.claim(head) ? this.takeWhole(head) : undefined;
     this.release();
     return message;
@@ -320,12 +146,13 @@ export class ReadSide extends AbortableLock implements BudgetAccount {
       this.idleResolve = resolve as (value: unknown) => void;
       this.idleReject = reject;
       this.idleIteration = iteration;
-      this.wake = continueIdleRead;
+      // The prototype method with `this`: no closure per connection.
+      this.queue.setWake(this.resumeIdleRead, this);
     });
   }
 
   /** resumeIdleRead continues a read that waited in readWhenNext. */
-  resumeIdleRead(): void {
+  private resumeIdleRead(): void {
     const resolve = this.idleResolve!;
     const reject = this.idleReject!;
     const iteration = this.idleIteration;
@@ -351,11 +178,9 @@ export class ReadSide extends AbortableLock implements BudgetAccount {
     if (!locked) await this.acquire(signal);
     try {
       const message = await this.nextMessage(signal);
-      // From now on the read limit bounds its bytes, not the unread mark.
-      this.consumed(message.held);
-      message.buffersWhole = true;
+      this.queue.buffersWhole(message);
       while (!message.complete) {
-        if (message.failed) throw this.error;
+        if (message.failed) throw this.queue.failure;
         await this.waitMidMessage(signal);
       }
       return this.takeWhole(message);
@@ -364,47 +189,29 @@ export class ReadSide extends AbortableLock implements BudgetAccount {
     }
   }
 
-  /** reader implements Conn.reader. */
-  async reader(signal?: AbortSignal): Promise<StreamedMessage> {
-    if (signal?.aborted) throw signal.reason;
-    await this.acquire(signal);
-    let message: InboundMessage;
-    try {
-      message = await this.nextMessage(signal);
-    } catch (err) {
-      this.release();
-      throw err;
-    }
-    // Streamed: its consumer frees its bytes, so they leave the process budget.
-    message.streamed = true;
-    if (message === this.receiving) this.releaseBudget();
-    return { type: message.type, stream: new MessageReadable(this, message, signal) };
-  }
-
-  /**
-   * closeRead implements Conn.closeRead: from now on a data message, or one
-   * already waiting, fails the connection with 1008.
-   */
-  closeRead(): void {
-    this.closeReading = true;
-    if (this.first !== undefined) {
-      this.host.fail(1008, ErrorCode.UnexpectedData, "unexpected data message after closeRead");
-      return;
-    }
-    this.resumeIfPaused();
-  }
-
   /** nextMessage waits for the next message to begin and takes it off the queue. */
   private async nextMessage(signal: AbortSignal | undefined): Promise<InboundMessage> {
     for (;;) {
-      const head = this.shift();
+      const head = this.queue.shift();
       if (head !== undefined) {
-        if (!this.claim(head)) throw this.error;
+        if (!this.claim(head)) throw this.queue.failure;
         return head;
       }
-      if (this.error) throw this.error;
+      if (this.queue.failure) throw this.queue.failure;
       await this.waitEvent(signal);
     }
+  }
+
+  /** claim applies the read limit to a message this read took; false after failing the connection with 1009. */
+  private claim(message: InboundMessage): boolean {
+    const tooBig = this.queue.claim(message);
+    if (tooBig === undefined) return true;
+    this.host.fail(ErrorCode.MessageTooBig, tooBig);
+    return false;
+  }
+
+  private takeWhole(message: InboundMessage): Message {
+    return new ReceivedMessage(message.type, this.queue.takeWhole(message));
   }
 
   /** waitMidMessage waits for more of a begun message; an abort now fails the connection. */
@@ -419,152 +226,25 @@ export class ReadSide extends AbortableLock implements BudgetAccount {
 
   /** failMidMessage fails the connection after an abort left a message half read. */
   failMidMessage(): void {
-    this.host.fail(1011, ErrorCode.AbortedMidMessage, "read aborted in the middle of a message");
+    this.host.fail(ErrorCode.AbortedMidMessage, "read aborted in the middle of a message");
   }
 
   /** waitEvent resolves at the next change of the queue or state, rejects on abort. */
   waitEvent(signal: AbortSignal | undefined): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      if (signal === undefined) {
-        this.wake = resolve;
-        return;
-      }
-      if (signal.aborted) return reject(signal.reason);
-      const onAbort = (): void => {
-        this.wake = undefined;
-        reject(signal.reason);
-      };
-      signal.addEventListener("abort", onAbort, { once: true });
-      this.wake = () => {
-        signal.removeEventListener("abort", onAbort);
-        resolve();
-      };
+      if (signal?.aborted) return reject(signal.reason);
+      const unbind = bindAbort(signal, () => {
+        this.setWake(undefined);
+        reject(signal!.reason);
+      });
+      this.setWake(unbind === noop ? resolve : () => (unbind(), resolve()));
     });
   }
 
-  /** setWake makes the next change call `fn` (a reader stream's pump). */
+  /** setWake makes the next change of the queue call `fn` (a read's wait, or a reader stream's pump). */
   setWake(fn: (() => void) | undefined): void {
-    this.wake = fn;
+    this.queue.setWake(fn);
   }
-
-  private notify(): void {
-    const wake = this.wake;
-    if (wake === undefined) return;
-    this.wake = undefined;
-    wake.call(this);
-  }
-
-  private takeWhole(message: InboundMessage): Message {
-    const held = message.held;
-    const data = message.takeRest();
-    if (!message.buffersWhole) this.consumed(held);
-    return new ReceivedMessage(message.type, data);
-  }
-
-  /** pull gives a reader stream the next chunk of its message, if one has arrived. */
-  pull(message: InboundMessage): Buffer | undefined {
-    const held = message.held;
-    const chunk = message.hasChunk() ? message.nextChunk() : undefined;
-    this.charge(message, message.held - held);
-    return chunk;
-  }
-
-  /** abandon drops what is left of a message whose reader stream was destroyed. */
-  abandon(message: InboundMessage): void {
-    this.dropMessage(message);
-    message.discard = true;
-  }
-
-  /** dropMessage lets go of every byte a message holds, in every account it is charged to. */
-  private dropMessage(message: InboundMessage): void {
-    if (message === this.receiving) this.releaseBudget();
-    this.charge(message, -message.held);
-    message.drop();
-  }
-
-  /**
-   * charge records that `message` holds `delta` more bytes (fewer when
-   * negative): against the unread mark unless a read() buffers it whole, and
-   * against the process budget while it is unfinished and not streamed.
-   */
-  private charge(message: InboundMessage, delta: number, budgeted = true): void {
-    if (delta === 0) return;
-    if (!message.buffersWhole) {
-      if (delta > 0) this.addBuffered(delta);
-      else this.consumed(-delta);
-    }
-    if (budgeted && this.budget !== undefined && message === this.receiving && !message.streamed) this.budget.adjust(this, delta);
-  }
-
-  private releaseBudget(): void {
-    if (this.budgeted > 0) this.budget!.adjust(this, -this.budgeted);
-  }
-
-  /**
-   * @internal
-   * shedForBudget (BudgetAccount) drops the unfinished message at once and
-   * fails the connection with 1013: the process-wide budget is exhausted.
-   */
-  shedForBudget(): void {
-    const message = this.receiving;
-    if (message !== undefined) {
-      this.dropMessage(message);
-      message.discard = true;
-    }
-    this.releaseBudget();
-    this.host.failInbound(1013, ErrorCode.BudgetExceeded, "server is out of memory for unfinished messages, try again later");
-  }
-
-  get failure(): CloseError | undefined {
-    return this.error;
-  }
-
-  /** claim applies the read limit to a message a read takes; false after failing. */
-  private claim(message: InboundMessage): boolean {
-    message.claimed = true;
-    this.consumed(MESSAGE_COST);
-    // A frame header may already have declared more than the limit: fail now,
-    // before its payload arrives.
-    const size = Math.max(message.size, message.declared);
-    if (size <= this.readLimit) return true;
-    this.failTooBig(size, false);
-    return false;
-  }
-
-  private utf8(): Utf8Validator {
-    return (this.utf8Validator ??= new Utf8Validator());
-  }
-
-  /** failTooBig fails with 1009: in wire order when arriving bytes broke the limit, at once when a read did. */
-  private failTooBig(size: number, arriving: boolean): void {
-    const message = `message of at least ${size} bytes exceeds the read limit of ${this.readLimit}`;
-    if (arriving) this.host.failInbound(1009, ErrorCode.MessageTooBig, message);
-    else this.host.fail(1009, ErrorCode.MessageTooBig, message);
-  }
-
-  private addBuffered(n: number): void {
-    this.buffered += n;
-    if (!this.paused && this.buffered > READ_HIGH_WATER_MARK && !this.closeReading) {
-      this.paused = true;
-      this.host.pauseSocket();
-    }
-  }
-
-  private consumed(n: number): void {
-    this.buffered -= n;
-    if (this.buffered <= READ_HIGH_WATER_MARK / 2) this.resumeIfPaused();
-  }
-
-  private resumeIfPaused(): void {
-    if (!this.paused) return;
-    this.paused = false;
-    this.host.resumeSocket();
-  }
-}
-
-/** continueIdleRead is the wake of an idle read: a shared function, no closure per read. */
-function continueIdleRead(this: ReadSide): void {
-  this.resumeIdleRead();
 }
 
 /**
@@ -577,7 +257,8 @@ class MessageReadable extends Readable {
   private finished = false;
   /** Bytes arrived while the stream still held unread ones: pushed at the next read. */
   private deferred = false;
-  private readonly onAbort: (() => void) | undefined;
+  /** Stops listening to the signal (see bindAbort). */
+  private readonly unbind: () => void;
 
   constructor(
     private readonly side: ReadSide,
@@ -585,10 +266,7 @@ class MessageReadable extends Readable {
     private readonly signal: AbortSignal | undefined,
   ) {
     super();
-    if (signal) {
-      this.onAbort = () => this.abortMidMessage();
-      signal.addEventListener("abort", this.onAbort, { once: true });
-    }
+    this.unbind = bindAbort(signal, () => this.abortMidMessage());
   }
 
   override _read(): void {
@@ -606,14 +284,14 @@ class MessageReadable extends Readable {
   /** pump pushes the bytes that have arrived, ends the stream or fails it, or waits for more. */
   private pump(): void {
     const { side, message } = this;
-    for (let chunk = side.pull(message); chunk !== undefined; chunk = side.pull(message)) {
+    for (let chunk = side.queue.pull(message); chunk !== undefined; chunk = side.queue.pull(message)) {
       if (!this.push(chunk)) return;
     }
     if (message.complete) {
       this.finish();
       this.push(null);
     } else if (message.failed) {
-      this.destroy(side.failure);
+      this.destroy(side.queue.failure);
     } else {
       side.setWake(this.onArrival);
     }
@@ -638,7 +316,7 @@ class MessageReadable extends Readable {
   override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
     if (!this.finished) {
       this.side.setWake(undefined);
-      if (!this.message.complete) this.side.abandon(this.message);
+      if (!this.message.complete) this.side.queue.abandon(this.message);
       this.finish();
     }
     callback(err);
@@ -654,7 +332,7 @@ class MessageReadable extends Readable {
   private finish(): void {
     if (this.finished) return;
     this.finished = true;
-    if (this.onAbort) this.signal!.removeEventListener("abort", this.onAbort);
+    this.unbind();
     this.side.release();
   }
 }

@@ -10,20 +10,16 @@
 
 import type { Socket } from "node:net";
 import { Writable } from "node:stream";
-import { AbortableLock, noop } from "../internal/waiting.js";
+import { AbortableLock, bindAbort, noop } from "../internal/waiting.js";
 import type { CloseError } from "../protocol/close.js";
-import { codedError, ErrorCode } from "../protocol/errors.js";
+import { codedError, ErrorCode, type FailureHost } from "../protocol/errors.js";
 import { firstHeaderByte, frameHeaderSize, MessageType, Opcode, writeFrameHeader } from "../protocol/frame.js";
-import { maskInto, readMaskWord } from "../protocol/payload.js";
+import { EMPTY_PAYLOAD, maskInto, readMaskWord } from "../protocol/payload.js";
 import type { FrameVariant, MessageDeflater } from "./deflate.js";
+import { DEFAULT_WRITE_QUEUE_LIMIT } from "./options.js";
 
 /** Data accepted by write: bytes, or a string sent as its UTF-8 encoding. */
 export type MessageData = Buffer | Uint8Array | string;
-
-/** What the write side needs from its connection. */
-export interface WriteHost {
-  fail(code: number, errorCode: ErrorCode, message: string): void;
-}
 
 /**
  * Payloads up to this size are copied behind their header into one buffer;
@@ -31,11 +27,8 @@ export interface WriteHost {
  */
 const COALESCE_LIMIT = 16 * 1024;
 
-/** The default bound on bytes of messages waiting to be written (see submit). */
-export const DEFAULT_WRITE_QUEUE_LIMIT = 8 * 1024 * 1024;
 
 const RESOLVED = Promise.resolve();
-const EMPTY = Buffer.alloc(0);
 /** The RSV1 bit of the first header byte: a compressed message (RFC 7692 §6). */
 const RSV1 = 0x40;
 
@@ -94,7 +87,7 @@ export class WriteSide extends AbortableLock {
   constructor(
     private readonly socket: Socket,
     private readonly masked: boolean,
-    readonly host: WriteHost,
+    readonly host: FailureHost,
   ) {
     super();
   }
@@ -275,7 +268,7 @@ export class WriteSide extends AbortableLock {
       },
       (err: unknown) => {
         this.release();
-        if (err !== this.error) this.host.fail(1011, ErrorCode.AbortedMidMessage, "compression failed");
+        if (err !== this.error) this.host.fail(ErrorCode.AbortedMidMessage, "compression failed");
         throw err;
       },
     );
@@ -308,20 +301,13 @@ export class WriteSide extends AbortableLock {
       if (!this.drainWaiters?.length) this.socket.once("drain", () => this.onDrain());
       (this.drainWaiters ??= []).push(waiter);
       if (signal === undefined) return;
-      const onAbort = (): void => {
+      const unbind = bindAbort(signal, () => {
         this.removeWaiter(waiter);
-        this.host.fail(1011, ErrorCode.AbortedMidMessage, "write aborted after bytes of the message were sent");
+        this.host.fail(ErrorCode.AbortedMidMessage, "write aborted after bytes of the message were sent");
         reject(signal.reason);
-      };
-      signal.addEventListener("abort", onAbort, { once: true });
-      waiter.resolve = () => {
-        signal.removeEventListener("abort", onAbort);
-        resolve();
-      };
-      waiter.reject = (err) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(err);
-      };
+      });
+      waiter.resolve = () => (unbind(), resolve());
+      waiter.reject = (err) => (unbind(), reject(err));
     });
   }
 
@@ -329,7 +315,7 @@ export class WriteSide extends AbortableLock {
   terminate(err: CloseError): void {
     if (this.error) return;
     this.error = err;
-    this.fail(err);
+    this.shut(err);
     const waiters = this.drainWaiters;
     this.drainWaiters = undefined;
     for (const waiter of waiters ?? []) waiter.reject(err);
@@ -363,7 +349,8 @@ class MessageWritable extends Writable {
   private started = false;
   private deflater: MessageDeflater | undefined;
   private ended = false;
-  private readonly onAbort: (() => void) | undefined;
+  /** Stops listening to the signal (see bindAbort). */
+  private readonly unbind: () => void;
 
   constructor(
     private readonly side: WriteSide,
@@ -376,10 +363,7 @@ class MessageWritable extends Writable {
       if (this.destroyed) this.releaseLock();
     });
     this.ready.catch((err: unknown) => this.destroy(err as Error));
-    if (signal && !signal.aborted) {
-      this.onAbort = () => this.abort();
-      signal.addEventListener("abort", this.onAbort, { once: true });
-    }
+    this.unbind = signal?.aborted ? noop : bindAbort(signal, () => this.abort());
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
@@ -392,14 +376,14 @@ class MessageWritable extends Writable {
   }
 
   override _final(callback: (error?: Error | null) => void): void {
-    this.ready.then(() => this.sendFrame(EMPTY, true, callback), callback);
+    this.ready.then(() => this.sendFrame(EMPTY_PAYLOAD, true, callback), callback);
   }
 
   override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
-    if (this.onAbort) this.signal!.removeEventListener("abort", this.onAbort);
+    this.unbind();
     if (this.started && !this.ended) {
       this.ended = true;
-      this.side.host.fail(1011, ErrorCode.AbortedMidMessage, "message writer destroyed in the middle of a message");
+      this.side.host.fail(ErrorCode.AbortedMidMessage, "message writer destroyed in the middle of a message");
     }
     this.releaseLock();
     callback(err);
@@ -442,7 +426,7 @@ class MessageWritable extends Writable {
   private releaseLock(): void {
     if (!this.holdsLock) return;
     this.holdsLock = false;
-    if (this.onAbort) this.signal!.removeEventListener("abort", this.onAbort);
+    this.unbind();
     this.side.release();
   }
 }

@@ -12,30 +12,15 @@
 
 import { randomUUID } from "node:crypto";
 import { EventEmitter } from "node:events";
-import { encodeClosePayload, StatusCode } from "../protocol/close.js";
-import type { CloseInfo, Conn } from "../conn/conn.js";
+import type { Conn } from "../conn/conn.js";
+import { type MessageData, PreparedMessage } from "../conn/write.js";
+import { noop, startTimer } from "../internal/waiting.js";
+import { type CloseInfo, encodeClosePayload } from "../protocol/close.js";
+import { StatusCode } from "../protocol/errors.js";
 import type { MessageType } from "../protocol/frame.js";
 import { BusLink, type Envelope } from "./bus.js";
-import { ClientState, HubClient, wireSize, type ClientOwner } from "./client.js";
-import { Heartbeat, normalizeHeartbeat } from "./client.js";
-import { noop } from "../internal/waiting.js";
-import { startTimer } from "../internal/waiting.js";
-import {
-  checkFlushTimeout,
-  checkMaxQueuedBytes,
-  checkSlowPolicy,
-  DEFAULT_CHANNEL_PREFIX,
-  DEFAULT_FLUSH_TIMEOUT,
-  DEFAULT_MAX_QUEUED_BYTES,
-  type AddOptions,
-  type HubEvents,
-  type HubOptions,
-  type HubStats,
-  type SendOptions,
-  type SlowPolicy,
-} from "./options.js";
-import { PreparedMessage } from "../conn/write.js";
-import type { MessageData } from "../conn/write.js";
+import { type ClientOwner, ClientState, Heartbeat, HubClient, normalizeHeartbeat, wireSize } from "./client.js";
+import { type AddOptions, checkFlushTimeout, checkMaxQueuedBytes, checkSlowPolicy, DEFAULT_CHANNEL_PREFIX, DEFAULT_FLUSH_TIMEOUT, DEFAULT_MAX_QUEUED_BYTES, type HubEvents, type HubOptions, type HubStats, type SendOptions, type SlowPolicy } from "./options.js";
 
 export {
   DEFAULT_CHANNEL_PREFIX,

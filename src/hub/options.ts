@@ -3,11 +3,10 @@
  * into settings.
  */
 
-import type { CloseInfo } from "../conn/conn.js";
-import type { HubBus } from "./bus.js";
-import type { HubClient } from "./client.js";
-import type { HeartbeatOptions } from "./client.js";
 import { checkTimeout } from "../internal/waiting.js";
+import type { CloseInfo } from "../protocol/close.js";
+import type { HubBus } from "./bus.js";
+import type { HeartbeatOptions, HubClient } from "./client.js";
 
 /** The default bound on the bytes queued for one client: 1 MiB. */
 export const DEFAULT_MAX_QUEUED_BYTES = 1024 * 1024;

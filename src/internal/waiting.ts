@@ -19,14 +19,14 @@ interface Waiter {
 export class AbortableLock {
   private held = false;
   /** Waiters in order; the shared empty array until someone waits. */
-  private queue: Waiter[] = NO_WAITERS;
+  private waiters: Waiter[] = NO_WAITERS;
   private head = 0;
-  /** What `fail` was given; NOT_FAILED until then. */
+  /** What `shut` was given; NOT_FAILED until then. */
   private failReason: unknown = NOT_FAILED;
 
   /** tryAcquire takes the lock when it is free and nobody waits. */
   tryAcquire(): boolean {
-    if (this.held || this.failReason !== NOT_FAILED || this.head < this.queue.length) return false;
+    if (this.held || this.failReason !== NOT_FAILED || this.head < this.waiters.length) return false;
     this.held = true;
     return true;
   }
@@ -34,7 +34,7 @@ export class AbortableLock {
   /**
    * acquire resolves once the lock is held. It rejects with the signal's reason
    * on abort (leaving the queue as if it never asked) and with the failure
-   * given to `fail`.
+   * given to `shut`.
    */
   acquire(signal?: AbortSignal): Promise<void> {
     if (this.failReason !== NOT_FAILED) return Promise.reject(this.failReason);
@@ -42,21 +42,17 @@ export class AbortableLock {
     if (this.tryAcquire()) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
       const waiter: Waiter = { resolve, reject, cleanup: noop, done: false };
-      if (signal) {
-        const onAbort = (): void => this.settle(waiter, signal.reason);
-        signal.addEventListener("abort", onAbort, { once: true });
-        waiter.cleanup = () => signal.removeEventListener("abort", onAbort);
-      }
-      if (this.queue === NO_WAITERS) this.queue = [];
-      this.queue.push(waiter);
+      if (signal) waiter.cleanup = bindAbort(signal, () => this.settle(waiter, signal.reason));
+      if (this.waiters === NO_WAITERS) this.waiters = [];
+      this.waiters.push(waiter);
     });
   }
 
   /** release hands the lock to the next live waiter, or frees it. */
   release(): void {
-    while (this.head < this.queue.length) {
-      const waiter = this.queue[this.head]!;
-      this.queue[this.head++] = undefined as unknown as Waiter;
+    while (this.head < this.waiters.length) {
+      const waiter = this.waiters[this.head]!;
+      this.waiters[this.head++] = undefined as unknown as Waiter;
       if (waiter.done) continue;
       this.compact();
       waiter.done = true;
@@ -68,12 +64,12 @@ export class AbortableLock {
     this.held = false;
   }
 
-  /** fail rejects every waiter and every later acquire with `err`. */
-  fail(err: unknown): void {
+  /** shut rejects every waiter and every later acquire with `err`: the connection is closing. */
+  shut(err: unknown): void {
     if (this.failReason !== NOT_FAILED) return;
     this.failReason = err;
-    for (let i = this.head; i < this.queue.length; i++) this.settle(this.queue[i]!, err);
-    this.queue = NO_WAITERS;
+    for (let i = this.head; i < this.waiters.length; i++) this.settle(this.waiters[i]!, err);
+    this.waiters = NO_WAITERS;
     this.head = 0;
   }
 
@@ -92,18 +88,18 @@ export class AbortableLock {
   private compact(): void {
     // The common case, a lock nobody waited for: nothing to compact, and no
     // new array per release (a hub writes millions of messages through here).
-    if (this.head === 0 && this.queue.length === 0) return;
-    if (this.head === this.queue.length) {
-      this.queue = NO_WAITERS;
+    if (this.head === 0 && this.waiters.length === 0) return;
+    if (this.head === this.waiters.length) {
+      this.waiters = NO_WAITERS;
       this.head = 0;
-    } else if (this.head > 64 && this.head * 2 > this.queue.length) {
-      this.queue = this.queue.slice(this.head);
+    } else if (this.head > 64 && this.head * 2 > this.waiters.length) {
+      this.waiters = this.waiters.slice(this.head);
       this.head = 0;
     }
   }
 }
 
-/** Marks a lock that has not failed (`fail` may be given any value, even undefined). */
+/** Marks a lock that has not failed (`shut` may be given any value, even undefined). */
 const NOT_FAILED: unique symbol = Symbol("not failed");
 
 /** Never written to: an idle lock (most of them) holds no array of its own. */
@@ -114,6 +110,18 @@ const NO_WAITERS: Waiter[] = [];
  * (`.catch(noop)`) and empty callbacks, instead of a new closure each time.
  */
 export function noop(): void {}
+
+/**
+ * bindAbort calls `onAbort` once, when `signal` aborts, and returns the undo
+ * that stops listening; call it once the wait is over. Without a signal it
+ * returns the shared noop and allocates nothing. A signal already aborted is
+ * the caller's to check: its listener would never run.
+ */
+export function bindAbort(signal: AbortSignal | undefined, onAbort: () => void): () => void {
+  if (signal === undefined) return noop;
+  signal.addEventListener("abort", onAbort, { once: true });
+  return () => signal.removeEventListener("abort", onAbort);
+}
 
 /** The longest delay setTimeout honours, in ms (about 24.8 days). */
 export const MAX_TIMEOUT = 2 ** 31 - 1;

@@ -1,56 +1,16 @@
 /**
- * Close status codes, the close error, and the close frame payload.
+ * How a connection ends: the close error, what `closed` reports, and the
+ * close frame payload. The status codes themselves are in errors.ts.
  *
  * https://www.rfc-editor.org/rfc/rfc6455#section-7.4
  * https://www.iana.org/assignments/websocket/websocket.xhtml#close-code-number
  */
 
 import { isUtf8 } from "node:buffer";
-import type { ErrorCode } from "./errors.js";
-
-/**
- * StatusCode lists every close code defined by RFC 6455 §7.4.1 and the IANA
- * registry (1000–1015). Codes 3000–4999 are free for libraries and applications
- * and are accepted everywhere a StatusCode is.
- */
-export enum StatusCode {
-  NormalClosure = 1000,
-  GoingAway = 1001,
-  ProtocolError = 1002,
-  UnsupportedData = 1003,
-  /** Reserved; never sent nor accepted on the wire. */
-  Reserved = 1004,
-  /** Reported when a close frame had no status; never sent on the wire. */
-  NoStatusRcvd = 1005,
-  /** Reported when the connection closed without a close frame; never sent. */
-  AbnormalClosure = 1006,
-  InvalidFramePayloadData = 1007,
-  PolicyViolation = 1008,
-  MessageTooBig = 1009,
-  MandatoryExtension = 1010,
-  InternalError = 1011,
-  ServiceRestart = 1012,
-  TryAgainLater = 1013,
-  BadGateway = 1014,
-  /** Reported when the TLS handshake failed; never sent on the wire. */
-  TLSHandshake = 1015,
-}
+import { ErrorCode, type FailureCode, isSendableCloseCode, StatusCode } from "./errors.js";
 
 /** The longest close reason in bytes: a control frame carries 125 bytes, 2 go to the code. */
 export const MAX_CLOSE_REASON_BYTES = 123;
-
-/**
- * isSendableCloseCode tells whether `code` may appear in a close frame:
- * 1000–1003, 1007–1014 and 3000–4999. 1004 is reserved, and 1005, 1006 and
- * 1015 only ever describe a close locally
- * (https://www.rfc-editor.org/rfc/rfc6455#section-7.4.2).
- */
-export function isSendableCloseCode(code: number): boolean {
-  if (!Number.isInteger(code)) return false;
-  if (code >= 3000 && code <= 4999) return true;
-  if (code < 1000 || code > 1014) return false;
-  return code !== 1004 && code !== 1005 && code !== 1006;
-}
 
 /**
  * CloseError reports how a connection ended: the status code and reason of the
@@ -124,6 +84,20 @@ export function isUnexpectedCloseError(err: unknown, ...expected: number[]): boo
   return code !== -1 && !expected.includes(code);
 }
 
+/** CloseInfo is how a connection ended, as `Conn.closed` reports it. */
+export interface CloseInfo {
+  /**
+   * The code of the close frame received (1005 if it had none), or 1006 when
+   * none came, as in the WebSocket API. Why this side closed or failed the
+   * connection is in the CloseError that reads and writes reject with.
+   */
+  code: number;
+  /** The reason of the close frame received, or "". */
+  reason: string;
+  /** True when close frames went both ways and the socket closed without error. */
+  wasClean: boolean;
+}
+
 /** A parsed close frame payload; `code` is 1005 when the frame had none. */
 export interface ClosePayload {
   code: number;
@@ -151,17 +125,31 @@ export function encodeClosePayload(code: number | undefined, reason = ""): Buffe
 }
 
 /**
- * decodeClosePayload parses a received close frame body, or returns a string
- * naming what is wrong with it: a 1-byte body or a code that may not be sent
- * is a protocol error (1002), a reason that is not UTF-8 is 1007
+ * truncateCloseReason shortens a reason to fit a close frame (123 bytes,
+ * https://www.rfc-editor.org/rfc/rfc6455#section-5.5), cutting at a
+ * character boundary and ending with "..." when it cuts.
+ */
+export function truncateCloseReason(reason: string): string {
+  if (Buffer.byteLength(reason) <= MAX_CLOSE_REASON_BYTES) return reason;
+  const bytes = Buffer.from(reason);
+  let end = MAX_CLOSE_REASON_BYTES - 3;
+  // Back up over continuation bytes (10xxxxxx) to the start of a character.
+  while (end > 0 && (bytes[end]! & 0xc0) === 0x80) end--;
+  return bytes.toString("utf8", 0, end) + "...";
+}
+
+/**
+ * decodeClosePayload parses a received close frame body, or returns what is
+ * wrong with it: a 1-byte body or a code that may not be sent
+ * (InvalidClosePayload, 1002), a reason that is not UTF-8 (InvalidUtf8, 1007)
  * (https://www.rfc-editor.org/rfc/rfc6455#section-5.5.1).
  */
-export function decodeClosePayload(payload: Buffer): ClosePayload | { error: string; code: number } {
+export function decodeClosePayload(payload: Buffer): ClosePayload | { error: string; errorCode: FailureCode } {
   if (payload.length === 0) return { code: StatusCode.NoStatusRcvd, reason: "" };
-  if (payload.length === 1) return { error: "close frame payload of 1 byte", code: StatusCode.ProtocolError };
+  if (payload.length === 1) return { error: "close frame payload of 1 byte", errorCode: ErrorCode.InvalidClosePayload };
   const code = payload.readUInt16BE(0);
-  if (!isSendableCloseCode(code)) return { error: `invalid close code ${code}`, code: StatusCode.ProtocolError };
+  if (!isSendableCloseCode(code)) return { error: `invalid close code ${code}`, errorCode: ErrorCode.InvalidClosePayload };
   const reasonBytes = payload.subarray(2);
-  if (!isUtf8(reasonBytes)) return { error: "close reason is not valid UTF-8", code: StatusCode.InvalidFramePayloadData };
+  if (!isUtf8(reasonBytes)) return { error: "close reason is not valid UTF-8", errorCode: ErrorCode.InvalidUtf8 };
   return { code, reason: reasonBytes.toString("utf8") };
 }

@@ -1,9 +1,55 @@
 /**
- * The few error types wsconn throws besides CloseError, and the stable error
- * codes listed in docs/api.md.
+ * The codes wsconn reports: close status codes (StatusCode), the stable error
+ * codes listed in docs/api.md (ErrorCode), the table that says which close
+ * code each failure sends, and the few error types wsconn throws besides
+ * CloseError.
+ *
+ * https://www.rfc-editor.org/rfc/rfc6455#section-7.4
+ * https://www.iana.org/assignments/websocket/websocket.xhtml#close-code-number
  */
 
 import type { IncomingHttpHeaders } from "node:http";
+
+/**
+ * StatusCode lists every close code defined by RFC 6455 §7.4.1 and the IANA
+ * registry (1000–1015). Codes 3000–4999 are free for libraries and applications
+ * and are accepted everywhere a StatusCode is.
+ */
+export enum StatusCode {
+  NormalClosure = 1000,
+  GoingAway = 1001,
+  ProtocolError = 1002,
+  UnsupportedData = 1003,
+  /** Reserved; never sent nor accepted on the wire. */
+  Reserved = 1004,
+  /** Reported when a close frame had no status; never sent on the wire. */
+  NoStatusRcvd = 1005,
+  /** Reported when the connection closed without a close frame; never sent. */
+  AbnormalClosure = 1006,
+  InvalidFramePayloadData = 1007,
+  PolicyViolation = 1008,
+  MessageTooBig = 1009,
+  MandatoryExtension = 1010,
+  InternalError = 1011,
+  ServiceRestart = 1012,
+  TryAgainLater = 1013,
+  BadGateway = 1014,
+  /** Reported when the TLS handshake failed; never sent on the wire. */
+  TLSHandshake = 1015,
+}
+
+/**
+ * isSendableCloseCode tells whether `code` may appear in a close frame:
+ * 1000–1003, 1007–1014 and 3000–4999. 1004 is reserved, and 1005, 1006 and
+ * 1015 only ever describe a close locally
+ * (https://www.rfc-editor.org/rfc/rfc6455#section-7.4.2).
+ */
+export function isSendableCloseCode(code: number): boolean {
+  if (!Number.isInteger(code)) return false;
+  if (code >= 3000 && code <= 4999) return true;
+  if (code < StatusCode.NormalClosure || code > StatusCode.BadGateway) return false;
+  return code !== StatusCode.Reserved && code !== StatusCode.NoStatusRcvd && code !== StatusCode.AbnormalClosure;
+}
 
 /**
  * ErrorCode names every stable `code` wsconn puts on its errors: on a
@@ -58,6 +104,44 @@ export const ErrorCode = {
 
 /** One of the strings of ErrorCode. */
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/**
+ * FAILURE_STATUS is the close code a connection fails with for each error
+ * code that can fail one (https://www.rfc-editor.org/rfc/rfc6455#section-7.4.1):
+ * the only place the two are paired. The handshake codes and WriteQueueFull
+ * never fail a connection and are not in it.
+ */
+export const FAILURE_STATUS = {
+  [ErrorCode.InvalidOpcode]: StatusCode.ProtocolError,
+  [ErrorCode.UnexpectedRsv]: StatusCode.ProtocolError,
+  [ErrorCode.ExpectedMask]: StatusCode.ProtocolError,
+  [ErrorCode.UnexpectedMask]: StatusCode.ProtocolError,
+  [ErrorCode.InvalidControlFrame]: StatusCode.ProtocolError,
+  [ErrorCode.UnexpectedContinuation]: StatusCode.ProtocolError,
+  [ErrorCode.ExpectedContinuation]: StatusCode.ProtocolError,
+  [ErrorCode.InvalidLength]: StatusCode.ProtocolError,
+  [ErrorCode.InvalidClosePayload]: StatusCode.ProtocolError,
+  [ErrorCode.InvalidUtf8]: StatusCode.InvalidFramePayloadData,
+  [ErrorCode.InvalidCompressedData]: StatusCode.InvalidFramePayloadData,
+  [ErrorCode.UnexpectedData]: StatusCode.PolicyViolation,
+  [ErrorCode.MessageTooBig]: StatusCode.MessageTooBig,
+  [ErrorCode.AbortedMidMessage]: StatusCode.InternalError,
+  [ErrorCode.BudgetExceeded]: StatusCode.TryAgainLater,
+} as const satisfies Partial<Record<ErrorCode, StatusCode>>;
+
+/** One of the error codes that fail a connection: the keys of FAILURE_STATUS. */
+export type FailureCode = keyof typeof FAILURE_STATUS;
+
+/**
+ * FailureHost is the one thing every piece of a connection (the frame
+ * parser, the read queue, the read and write sides) asks of the piece that
+ * owns it: fail the connection with `errorCode`, which sends the close code
+ * FAILURE_STATUS pairs with it
+ * (https://www.rfc-editor.org/rfc/rfc6455#section-7.1.7).
+ */
+export interface FailureHost {
+  fail(errorCode: FailureCode, message: string): void;
+}
 
 /** An Error with a stable `code`, like Node's own errors. */
 export interface CodedError extends Error {

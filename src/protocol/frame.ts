@@ -7,7 +7,7 @@
  * https://www.rfc-editor.org/rfc/rfc6455#section-5.2
  */
 
-import { ErrorCode } from "./errors.js";
+import { ErrorCode, type FailureCode, type FailureHost } from "./errors.js";
 import { maskWithWord, nextMaskKey, readMaskWord } from "./payload.js";
 
 /**
@@ -86,7 +86,7 @@ export function writeFrameHeader(
 }
 
 /** FrameSink receives what the parser finds, in wire order. */
-export interface FrameSink {
+export interface FrameSink extends FailureHost {
   /**
    * A text, binary or continuation frame begins. Returning true asks for its
    * payload still masked, through onMaskedPayload (a sink that copies the
@@ -106,8 +106,7 @@ export interface FrameSink {
   onDataFrameEnd(fin: boolean): void;
   /** A whole control frame (close, ping or pong). */
   onControlFrame(opcode: number, payload: Buffer): void;
-  /** The stream broke a framing rule; the parser has stopped. */
-  onFramingError(code: number, errorCode: ErrorCode, message: string): void;
+  /** fail (FailureHost): the stream broke a framing rule; the parser has stopped. */
 }
 
 /** FrameParserOptions say which frames are legal on this connection. */
@@ -265,8 +264,7 @@ export class FrameParser {
     }
     const length = high * 0x100000000 + buf.readUInt32BE(pos + 6);
     if (length > Number.MAX_SAFE_INTEGER) {
-      this.stopped = true;
-      this.sink.onFramingError(1009, ErrorCode.MessageTooBig, `frame of ${length} bytes is too big`);
+      this.fail(ErrorCode.MessageTooBig, `frame of ${length} bytes is too big`);
       return -1;
     }
     return length;
@@ -330,9 +328,10 @@ export class FrameParser {
     }
   }
 
-  private fail(errorCode: ErrorCode, message: string): void {
+  /** fail stops the parser and reports the broken rule: 1002, or 1009 for a length past 2^53. */
+  private fail(errorCode: FailureCode, message: string): void {
     this.stopped = true;
-    this.sink.onFramingError(1002, errorCode, message);
+    this.sink.fail(errorCode, message);
   }
 }
 

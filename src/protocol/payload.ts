@@ -9,6 +9,9 @@ import { isUtf8 } from "node:buffer";
 import { randomFillSync } from "node:crypto";
 import { WASM_MASK_CHUNK, wasmMask } from "../internal/wasm-mask.js";
 
+/** The one empty payload every empty frame and drained buffer shares (never written to). */
+export const EMPTY_PAYLOAD: Buffer = Buffer.alloc(0);
+
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
 /** Below this many bytes a byte loop beats setting up a word view. */

@@ -11,8 +11,8 @@
 import { type IncomingMessage, type OutgoingHttpHeaders, STATUS_CODES } from "node:http";
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
-import { checkConnOptions, Conn, type ConnOptions, DEFAULT_HANDSHAKE_TIMEOUT, type HandshakeTimeouts } from "../conn/conn.js";
-import { InboundBudget } from "../conn/options.js";
+import { Conn } from "../conn/conn.js";
+import { checkConnOptions, type ConnOptions, DEFAULT_HANDSHAKE_TIMEOUT, type HandshakeTimeouts, InboundBudget } from "../conn/options.js";
 import { isNoTimeout } from "../internal/waiting.js";
 import { codedError, ErrorCode, HandshakeError } from "../protocol/errors.js";
 import { acceptKey, checkCompressionOptions, checkHeaders, type CompressionOptions, hasToken, headerList, isValidKey, selectOffer, settingsFor, singleHeader } from "../protocol/handshake.js";

@@ -6,14 +6,13 @@
 import * as http from "node:http";
 import * as https from "node:https";
 import type { Duplex } from "node:stream";
+import type { Conn } from "../conn/conn.js";
+import { checkConnOptions, DEFAULT_HANDSHAKE_TIMEOUT, InboundBudget } from "../conn/options.js";
+import { checkTimeout, isNoTimeout, noop } from "../internal/waiting.js";
+import { CloseError } from "../protocol/close.js";
+import { StatusCode } from "../protocol/errors.js";
+import { checkCompressionOptions, checkHeaders, hasToken } from "../protocol/handshake.js";
 import { accept, type AcceptOptions } from "./accept.js";
-import { InboundBudget } from "../conn/options.js";
-import { CloseError, StatusCode } from "../protocol/close.js";
-import { checkCompressionOptions } from "../protocol/handshake.js";
-import { checkConnOptions, DEFAULT_HANDSHAKE_TIMEOUT, type Conn } from "../conn/conn.js";
-import { checkHeaders, hasToken } from "../protocol/handshake.js";
-import { noop } from "../internal/waiting.js";
-import { checkTimeout, isNoTimeout } from "../internal/waiting.js";
 
 /** The largest request head serve accepts, in bytes (Node's default is 16 KiB). */
 export const SERVE_MAX_HEADER_SIZE = 8 * 1024;

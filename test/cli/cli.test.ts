@@ -2,8 +2,8 @@ import * as http from "node:http";
 import * as net from "node:net";
 import type { AddressInfo } from "node:net";
 import t, { type Test } from "tap";
-import { dial, MessageType, type CloseInfo, type Conn } from "../../src/index.js";
-import { buildCli, runCli, startCli, type BuiltCli, type CliProcess } from "../helpers/cli-process.js";
+import { type CloseInfo, type Conn, dial, MessageType } from "../../src/index.js";
+import { buildCli, type BuiltCli, type CliProcess, runCli, startCli } from "../helpers/cli-process.js";
 import { startProxy } from "../helpers/connect-proxy.js";
 import { echo, startServer, type TestServer } from "../helpers/peers.js";
 

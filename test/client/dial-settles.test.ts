@@ -18,7 +18,7 @@ import * as net from "node:net";
 import type { AddressInfo } from "node:net";
 import t, { type Test } from "tap";
 import { accept, Conn, dial, type DialOptions, ErrorCode, HandshakeError, serve } from "../../src/index.js";
-import { frame, rawConnect, readHead, startRawServer, switchingProtocols, type RawHead } from "../helpers/raw-peer.js";
+import { frame, rawConnect, type RawHead, readHead, startRawServer, switchingProtocols } from "../helpers/raw-peer.js";
 
 /** The handshakeTimeout of dials that are expected to time out, in ms. */
 const SHORT = 300;

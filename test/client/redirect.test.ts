@@ -1,12 +1,12 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import * as http from "node:http";
+import * as https from "node:https";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { AddressInfo } from "node:net";
-import * as https from "node:https";
 import type { Duplex } from "node:stream";
 import t from "tap";
-import { accept, dial, HandshakeError, MessageType, type Conn } from "../../src/index.js";
+import { accept, type Conn, dial, HandshakeError, MessageType } from "../../src/index.js";
 import { makeCert } from "../helpers/cert.js";
 import { echo } from "../helpers/peers.js";
 

@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { TLSSocket } from "node:tls";
 import t from "tap";
-import { accept, dial, serve, type Conn } from "../../src/index.js";
+import { accept, type Conn, dial, serve } from "../../src/index.js";
 import { makeCert } from "../helpers/cert.js";
 import { echo, roundTrip, startServer } from "../helpers/peers.js";
 

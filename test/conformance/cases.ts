@@ -12,7 +12,7 @@
  * already takes any `rsv`.
  */
 
-import { frame, Op, RSV1, RSV2, RSV3, type Chop, type RawFrame } from "../helpers/raw-peer.js";
+import { type Chop, frame, Op, type RawFrame, RSV1, RSV2, RSV3 } from "../helpers/raw-peer.js";
 import type { Case, Expect, Step } from "./runner.js";
 import { utf8Cases } from "./utf8-cases.js";
 

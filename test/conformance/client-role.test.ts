@@ -8,8 +8,8 @@
 
 import t from "tap";
 import { clientHarness } from "./peer.js";
-import { runTable } from "./table.js";
 import { caseFilter } from "./runner.js";
+import { runTable } from "./table.js";
 
 t.test("conformance table, wsconn as client", async (t) => {
   const harness = await clientHarness();

@@ -13,13 +13,13 @@
  * threshold must arrive uncompressed.
  */
 
-import t from "tap";
 import { deflateRawSync } from "node:zlib";
-import { dial, type CompressionMode, type Conn } from "../../src/index.js";
-import { acceptFor, frame, Op, rawConnect, startRawServer, type RawFrame, type RawPeer } from "../helpers/raw-peer.js";
+import t from "tap";
+import { type CompressionMode, type Conn, dial } from "../../src/index.js";
 import { PeerDeflater, PeerInflater } from "../helpers/deflate-peer.js";
-import { startWsconnServer, rng } from "../helpers/interop.js";
-import { runEcho, LARGE_READ_LIMIT } from "./peer.js";
+import { rng, startWsconnServer } from "../helpers/interop.js";
+import { acceptFor, frame, Op, rawConnect, type RawFrame, type RawPeer, startRawServer } from "../helpers/raw-peer.js";
+import { LARGE_READ_LIMIT, runEcho } from "./peer.js";
 
 type TestContext = Parameters<Parameters<typeof t.test>[0]>[0];
 

@@ -15,8 +15,8 @@
 import * as http from "node:http";
 import type * as net from "node:net";
 import type { AddressInfo } from "node:net";
-import { accept, dial, type Conn } from "../../src/index.js";
-import { rawConnect, startRawServer, type RawPeer, type RawServer } from "../helpers/raw-peer.js";
+import { accept, type Conn, dial } from "../../src/index.js";
+import { rawConnect, type RawPeer, type RawServer, startRawServer } from "../helpers/raw-peer.js";
 
 /** Which wsconn role is under test. */
 export type Role = "server" | "client";

@@ -11,7 +11,7 @@
  */
 
 import { CloseError, closeStatus } from "../../src/index.js";
-import { encodeFrame, frame, Op, type Chop, type RawFrame, type ReceivedFrame } from "../helpers/raw-peer.js";
+import { type Chop, encodeFrame, frame, Op, type RawFrame, type ReceivedFrame } from "../helpers/raw-peer.js";
 import type { Harness, Limit, Pair, Role } from "./peer.js";
 
 /** Expect is one thing wsconn must send. */

@@ -7,8 +7,8 @@
 
 import t from "tap";
 import { serverHarness } from "./peer.js";
-import { runTable } from "./table.js";
 import { caseFilter } from "./runner.js";
+import { runTable } from "./table.js";
 
 t.test("conformance table, wsconn as server", async (t) => {
   const harness = await serverHarness();

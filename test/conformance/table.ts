@@ -7,7 +7,7 @@
 import type { Test } from "tap";
 import { allCases } from "./cases.js";
 import type { Harness } from "./peer.js";
-import { runCase, type Case } from "./runner.js";
+import { type Case, runCase } from "./runner.js";
 
 /** FamilyResult counts the cases of one family. */
 export interface FamilyResult {

@@ -5,8 +5,8 @@
  */
 
 import t from "tap";
-import { dial, InboundBudget, MessageType, StatusCode, DEFAULT_INBOUND_BUDGET, ErrorCode } from "../../src/index.js";
 import type { BudgetAccount } from "../../src/conn/options.js";
+import { DEFAULT_INBOUND_BUDGET, dial, ErrorCode, InboundBudget, MessageType, StatusCode } from "../../src/index.js";
 import { echo, startServer } from "../helpers/peers.js";
 import { encodeFrame, Op, rawConnect, type RawPeer } from "../helpers/raw-peer.js";
 

@@ -9,19 +9,7 @@ import { once } from "node:events";
 import { performance } from "node:perf_hooks";
 import t from "tap";
 import { CloseError, dial, MessageType, StatusCode } from "../../src/index.js";
-import {
-  binaryPayload,
-  closeBody,
-  OP,
-  pair,
-  parseCloseBody,
-  rawClient,
-  rejection,
-  startRawServer,
-  startWsconnServer,
-  wsClient,
-  wsClosed,
-} from "../helpers/interop.js";
+import { binaryPayload, closeBody, OP, pair, parseCloseBody, rawClient, rejection, startRawServer, startWsconnServer, wsClient, wsClosed } from "../helpers/interop.js";
 
 /** tcpOrder records which side of a server socket sent FIN first. */
 function tcpOrder(socket: import("node:net").Socket): string[] {

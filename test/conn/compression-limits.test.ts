@@ -12,10 +12,10 @@
  */
 
 import t from "tap";
-import { CloseError, dial, MessageType, type Conn, type CompressionMode } from "../../src/index.js";
-import { deflateMessage, frame, memorySample, mib, PeerDeflater, rawUpgrade, startAnsweringServer, type MemorySample, type RawUpgrade } from "../helpers/deflate-peer.js";
+import { CloseError, type CompressionMode, type Conn, dial, MessageType } from "../../src/index.js";
+import { deflateMessage, frame, memorySample, type MemorySample, mib, PeerDeflater, rawUpgrade, type RawUpgrade, startAnsweringServer } from "../helpers/deflate-peer.js";
 import { OP, rejection, startWsconnServer, type WsconnServer } from "../helpers/interop.js";
-import { startMemoryServer, type MemoryServer } from "../helpers/memory-child.js";
+import { type MemoryServer, startMemoryServer } from "../helpers/memory-child.js";
 
 type TestContext = Parameters<Parameters<typeof t.test>[0]>[0];
 
@@ -214,9 +214,9 @@ function socketPaused(conn: Conn): boolean {
   return (conn as unknown as { socket: { isPaused(): boolean } }).socket.isPaused();
 }
 
-/** readSide peeks at a Conn's read side (private, for these tests only). */
+/** readSide peeks at a Conn's read queue (private, for these tests only). */
 function readSide(conn: Conn): { paused: boolean; receiving?: { size: number } } {
-  return (conn as unknown as { inbound: { reads: { paused: boolean; receiving?: { size: number } } } }).inbound.reads;
+  return (conn as unknown as { inbound: { queue: { paused: boolean; receiving?: { size: number } } } }).inbound.queue;
 }
 
 function readSidePaused(conn: Conn): boolean {

@@ -10,16 +10,7 @@ import { once } from "node:events";
 import type { Writable } from "node:stream";
 import t from "tap";
 import { CloseError, ErrorCode, MessageType } from "../../src/index.js";
-import {
-  AsyncQueue,
-  pair,
-  rejection,
-  startWsconnServer,
-  wsClient,
-  wsClosed,
-  wsMessages,
-  wsNext,
-} from "../helpers/interop.js";
+import { AsyncQueue, pair, rejection, startWsconnServer, wsClient, wsClosed, wsMessages, wsNext } from "../helpers/interop.js";
 
 /** writerError resolves with the error a writer is destroyed with. */
 function writerError(w: Writable): Promise<unknown> {

@@ -14,11 +14,11 @@
 
 import { performance } from "node:perf_hooks";
 import t from "tap";
-import { CloseError, ErrorCode, type CompressionMode, type Conn } from "../../src/index.js";
+import { CloseError, type CompressionMode, type Conn, ErrorCode } from "../../src/index.js";
 import { deflateMessage, inflateMessage } from "../helpers/deflate-peer.js";
 import { rng } from "../helpers/interop.js";
 import { echoOutcome, startServer } from "../helpers/peers.js";
-import { frame, Op, rawConnect, RSV1, type RawFrame, type RawPeer, type ReceivedFrame } from "../helpers/raw-peer.js";
+import { frame, Op, rawConnect, type RawFrame, type RawPeer, type ReceivedFrame, RSV1 } from "../helpers/raw-peer.js";
 
 type TestContext = Parameters<Parameters<typeof t.test>[0]>[0];
 

@@ -7,8 +7,8 @@
  * thresholds (docs/compression.md).
  */
 
-import t from "tap";
 import * as zlib from "node:zlib";
+import t from "tap";
 import { compressedVariant, MessageDeflater, MessageInflater } from "../../src/conn/deflate.js";
 import { chunkers, seededRng } from "../helpers/chunkers.js";
 import { deflateMessage, inflateMessage, PeerDeflater, PeerInflater } from "../helpers/deflate-peer.js";

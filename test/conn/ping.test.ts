@@ -8,17 +8,9 @@
 import { readFileSync } from "node:fs";
 import t from "tap";
 import { CloseError, dial, MessageType } from "../../src/index.js";
+import { AsyncQueue, hasSettled, pair, rejection, startWsconnServer, startWsServer, wsMessages } from "../helpers/interop.js";
 import { echo } from "../helpers/peers.js";
 import { frame, Op, rawConnect } from "../helpers/raw-peer.js";
-import {
-  AsyncQueue,
-  hasSettled,
-  pair,
-  rejection,
-  startWsconnServer,
-  startWsServer,
-  wsMessages,
-} from "../helpers/interop.js";
 
 t.test("ping resolves with the round trip against a wsconn peer", async (t) => {
   const srv = await startWsconnServer({}, ({ conn }) => void echo(conn));

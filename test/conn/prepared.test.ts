@@ -8,9 +8,9 @@
 
 import t from "tap";
 import type { WebSocket } from "ws";
-import { dial, MessageType, PreparedMessage, type Conn, type CompressionMode } from "../../src/index.js";
-import { PeerInflater, rawUpgrade, startAnsweringServer, type RawUpgrade } from "../helpers/deflate-peer.js";
-import { startWsconnServer, textPayload, wsClient, wsMessages, type WsconnServer } from "../helpers/interop.js";
+import { type CompressionMode, type Conn, dial, MessageType, PreparedMessage } from "../../src/index.js";
+import { PeerInflater, rawUpgrade, type RawUpgrade, startAnsweringServer } from "../helpers/deflate-peer.js";
+import { startWsconnServer, textPayload, wsClient, type WsconnServer, wsMessages } from "../helpers/interop.js";
 
 type TestContext = Parameters<Parameters<typeof t.test>[0]>[0];
 

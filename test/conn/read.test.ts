@@ -7,19 +7,9 @@ import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import type { Readable } from "node:stream";
 import t from "tap";
-import { CloseError, dial, ErrorCode, MessageType, type Conn } from "../../src/index.js";
-import {
-  AsyncQueue,
-  binaryPayload,
-  hasSettled,
-  pair,
-  rejection,
-  startWsconnServer,
-  wsClient,
-  wsClosed,
-  wsSendFragments,
-} from "../helpers/interop.js";
-import { frame, rawConnect, type Chop } from "../helpers/raw-peer.js";
+import { CloseError, type Conn, dial, ErrorCode, MessageType } from "../../src/index.js";
+import { AsyncQueue, binaryPayload, hasSettled, pair, rejection, startWsconnServer, wsClient, wsClosed, wsSendFragments } from "../helpers/interop.js";
+import { type Chop, frame, rawConnect } from "../helpers/raw-peer.js";
 
 /** nextChunk resolves with the next chunk a paused-mode stream delivers. */
 function nextChunk(stream: Readable): Promise<Buffer> {

@@ -15,10 +15,10 @@
  */
 
 import t from "tap";
-import { CloseError, dial, ErrorCode, MessageType, type Conn } from "../../src/index.js";
+import { CloseError, type Conn, dial, ErrorCode, MessageType } from "../../src/index.js";
 import { rejection } from "../helpers/interop.js";
 import { echoOutcome, startServer } from "../helpers/peers.js";
-import { frame, Op, rawConnect, RSV1, RSV2, RSV3, startRawServer, type RawFrame, type RawPeer, type ReceivedFrame } from "../helpers/raw-peer.js";
+import { frame, Op, rawConnect, type RawFrame, type RawPeer, type ReceivedFrame, RSV1, RSV2, RSV3, startRawServer } from "../helpers/raw-peer.js";
 
 type TestContext = Parameters<Parameters<typeof t.test>[0]>[0];
 type Role = "server" | "client";

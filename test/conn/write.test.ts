@@ -5,23 +5,8 @@
  */
 
 import t from "tap";
-import { CloseError, ErrorCode, MessageType, type Conn } from "../../src/index.js";
-import {
-  binaryPayload,
-  hasSettled,
-  OP,
-  pair,
-  parseCloseBody,
-  rawClient,
-  rejection,
-  rng,
-  startWsconnServer,
-  textPayload,
-  wsClient,
-  wsMessages,
-  wsNext,
-  type RawPeer,
-} from "../helpers/interop.js";
+import { CloseError, type Conn, ErrorCode, MessageType } from "../../src/index.js";
+import { binaryPayload, hasSettled, OP, pair, parseCloseBody, rawClient, type RawPeer, rejection, rng, startWsconnServer, textPayload, wsClient, wsMessages, wsNext } from "../helpers/interop.js";
 
 const SEED = Number(process.env.WSCONN_SEED) || (Math.random() * 2 ** 32) >>> 0;
 

@@ -3,13 +3,13 @@
  * own build (dist/cli/main.js), as the `wsconn` bin runs it.
  */
 
-import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { ROOT } from "./root.js";
 
-const root = fileURLToPath(new URL("../..", import.meta.url));
+const root = ROOT;
 
 /** A compiled CLI: the path of cli/main.js and a cleanup. */
 export interface BuiltCli {

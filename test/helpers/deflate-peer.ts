@@ -13,7 +13,7 @@ import * as v8 from "node:v8";
 import * as vm from "node:vm";
 import * as zlib from "node:zlib";
 import { AsyncQueue, FrameReader } from "./interop.js";
-import { acceptFor, encodeFrame, listenLocal, readHead, switchingProtocols, upgradeRequest, type RawHead } from "./raw-peer.js";
+import { acceptFor, encodeFrame, listenLocal, type RawHead, readHead, switchingProtocols, upgradeRequest } from "./raw-peer.js";
 const TAIL = Buffer.from([0x00, 0x00, 0xff, 0xff]);
 
 // ---- frames ----

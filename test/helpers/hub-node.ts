@@ -5,7 +5,7 @@
  */
 
 import type { Test } from "tap";
-import { dial, Hub, type Conn, type HubClient, type HubOptions } from "../../src/index.js";
+import { type Conn, dial, Hub, type HubClient, type HubOptions } from "../../src/index.js";
 import { startServer } from "./peers.js";
 
 /** HubNode is one hub and the way to dial clients into it. */

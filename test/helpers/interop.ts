@@ -11,19 +11,9 @@ import * as http from "node:http";
 import * as net from "node:net";
 import type { AddressInfo } from "node:net";
 import { WebSocket as UndiciWebSocket } from "undici";
-import { WebSocket, WebSocketServer, type ServerOptions } from "ws";
-import { accept, dial, MessageType, type AcceptOptions, type Conn, type DialOptions } from "../../src/index.js";
-import {
-  acceptFor,
-  closePayload,
-  encodeFrame as encodeRawFrame,
-  FrameReader as ByteFrameReader,
-  listenLocal,
-  readHead,
-  switchingProtocols,
-  upgradeRequest,
-  type ReceivedFrame,
-} from "./raw-peer.js";
+import { type ServerOptions, WebSocket, WebSocketServer } from "ws";
+import { accept, type AcceptOptions, type Conn, dial, type DialOptions, MessageType } from "../../src/index.js";
+import { acceptFor, closePayload, encodeFrame as encodeRawFrame, FrameReader as ByteFrameReader, listenLocal, readHead, type ReceivedFrame, switchingProtocols, upgradeRequest } from "./raw-peer.js";
 
 // ---- wsconn server with access to the raw socket and the request ----
 

@@ -6,8 +6,9 @@
 import { fork } from "node:child_process";
 import { once } from "node:events";
 import { fileURLToPath } from "node:url";
-import type { MemoryServerConfig, MemoryReply } from "./memory-server.js";
 import type { MemorySample } from "./deflate-peer.js";
+import type { MemoryReply, MemoryServerConfig } from "./memory-server.js";
+import { TEST_EXTENSION } from "./root.js";
 
 export interface MemoryServer {
   config: MemoryServerConfig;
@@ -20,9 +21,9 @@ export interface MemoryServer {
   stop(): Promise<void>;
 }
 
-/** startMemoryServer forks test/helpers/memory-server.ts with `config` and waits for its port. */
+/** startMemoryServer forks test/helpers/memory-server (.ts, or .js once compiled) with `config` and waits for its port. */
 export async function startMemoryServer(config: MemoryServerConfig): Promise<MemoryServer> {
-  const child = fork(fileURLToPath(new URL("./memory-server.ts", import.meta.url)), [JSON.stringify(config)], {
+  const child = fork(fileURLToPath(new URL(`./memory-server${TEST_EXTENSION}`, import.meta.url)), [JSON.stringify(config)], {
     // Only the TypeScript loader: tap's process tracking and mocks slow children down.
     execArgv: process.execArgv.filter((arg) => arg.includes("typescript")),
     stdio: ["ignore", "inherit", "inherit", "ipc"],

@@ -6,7 +6,7 @@
 import * as http from "node:http";
 import * as net from "node:net";
 import type { AddressInfo } from "node:net";
-import { accept, MessageType, serve, type AcceptOptions, type Conn, type Handler, type ServeOptions } from "../../src/index.js";
+import { accept, type AcceptOptions, type Conn, type Handler, MessageType, serve, type ServeOptions } from "../../src/index.js";
 
 /** A wsconn server on an ephemeral port, handing each Conn to `onConn`. */
 export interface TestServer {

@@ -6,8 +6,8 @@
 
 import { once } from "node:events";
 import t from "tap";
-import { dial, Hub, MemoryBus, MessageType, type HubBus } from "../../src/index.js";
 import { decodeEnvelope, encodeEnvelope } from "../../src/hub/bus.js";
+import { dial, Hub, type HubBus, MemoryBus, MessageType } from "../../src/index.js";
 import { hubNode, texts } from "../helpers/hub-node.js";
 import { startServer } from "../helpers/peers.js";
 

@@ -5,8 +5,8 @@
  */
 
 import t, { type Test } from "tap";
-import { CloseError, dial, HandshakeError, MemoryBus, MessageType, type Conn } from "../../src/index.js";
-import { startChat, type Chat } from "../../docs/examples/chat/server.js";
+import { type Chat, startChat } from "../../docs/examples/chat/server.js";
+import { CloseError, type Conn, dial, HandshakeError, MemoryBus, MessageType } from "../../src/index.js";
 
 interface ChatEvent {
   type: "join" | "leave" | "message";

@@ -6,7 +6,7 @@
 
 import { once } from "node:events";
 import t from "tap";
-import { dial, Hub, type HubClient, type CloseInfo } from "../../src/index.js";
+import { type CloseInfo, dial, Hub, type HubClient } from "../../src/index.js";
 import { OP, parseCloseBody, rawClient } from "../helpers/interop.js";
 import { startServer } from "../helpers/peers.js";
 

@@ -7,16 +7,7 @@
 
 import { once } from "node:events";
 import t, { type Test } from "tap";
-import {
-  CloseError,
-  dial,
-  Hub,
-  MessageType,
-  PreparedMessage,
-  type Conn,
-  type HubClient,
-  type HubOptions,
-} from "../../src/index.js";
+import { CloseError, type Conn, dial, Hub, type HubClient, type HubOptions, MessageType, PreparedMessage } from "../../src/index.js";
 import { startServer, type TestServer } from "../helpers/peers.js";
 
 interface Fixture {

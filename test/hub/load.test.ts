@@ -6,7 +6,7 @@
  */
 
 import t from "tap";
-import { CloseError, dial, Hub, MessageType, PreparedMessage, type Conn } from "../../src/index.js";
+import { CloseError, type Conn, dial, Hub, MessageType, PreparedMessage } from "../../src/index.js";
 import { startServer, type TestServer } from "../helpers/peers.js";
 
 /** dialMany opens `n` clients, `batch` handshakes at a time. */

@@ -5,14 +5,14 @@
  * with a message saying so, only when the redis-server binary is absent.
  */
 
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { once } from "node:events";
 import * as net from "node:net";
 import type { AddressInfo } from "node:net";
 import { createClient } from "redis";
 import t, { type Test } from "tap";
 import { MessageType, RedisBus } from "../../src/index.js";
-import { hubNode, texts, type HubNode } from "../helpers/hub-node.js";
+import { hubNode, type HubNode, texts } from "../helpers/hub-node.js";
 
 const probe = spawnSync("redis-server", ["--version"], { encoding: "utf8" });
 const missing = probe.error !== undefined || probe.status !== 0;

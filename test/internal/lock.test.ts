@@ -114,18 +114,18 @@ t.test("a granted waiter drops its abort listener; a late abort does nothing", a
   lock.release();
 });
 
-t.test("fail rejects every waiter and every later acquire", async (t) => {
+t.test("shut rejects every waiter and every later acquire", async (t) => {
   const lock = new AbortableLock();
   await lock.acquire();
   const ac = new AbortController();
   const waiters = [lock.acquire(), lock.acquire(ac.signal), lock.acquire()];
   const err = new Error("connection closed");
-  lock.fail(err);
+  lock.shut(err);
   for (const w of waiters) await t.rejects(w, err);
   t.equal(getEventListeners(ac.signal, "abort").length, 0, "listener removed on fail");
   await t.rejects(lock.acquire(), err, "later acquire");
   t.notOk(lock.tryAcquire(), "tryAcquire refuses after fail");
-  lock.fail(new Error("second failure"));
+  lock.shut(new Error("second failure"));
   await t.rejects(lock.acquire(), err, "the first failure sticks");
   lock.release(); // the holder may still release
   t.notOk(lock.tryAcquire());
@@ -134,7 +134,7 @@ t.test("fail rejects every waiter and every later acquire", async (t) => {
 t.test("fail takes precedence over an aborted signal", async (t) => {
   const lock = new AbortableLock();
   const err = new Error("closed");
-  lock.fail(err);
+  lock.shut(err);
   await t.rejects(lock.acquire(AbortSignal.abort(new Error("aborted"))), err);
 });
 
@@ -147,7 +147,7 @@ t.test("fail after an abort leaves the aborted waiter's rejection alone", async 
   const waiting = lock.acquire();
   ac.abort(abortReason);
   const err = new Error("closed");
-  lock.fail(err);
+  lock.shut(err);
   await t.rejects(aborted, abortReason, "rejected once, with the abort reason");
   await t.rejects(waiting, err);
 });

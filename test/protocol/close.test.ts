@@ -1,16 +1,6 @@
 import t from "tap";
-import {
-  CloseError,
-  closeStatus,
-  decodeClosePayload,
-  encodeClosePayload,
-  isCloseError,
-  isSendableCloseCode,
-  isUnexpectedCloseError,
-  MAX_CLOSE_REASON_BYTES,
-  StatusCode,
-} from "../../src/protocol/close.js";
-import { ErrorCode } from "../../src/protocol/errors.js";
+import { CloseError, closeStatus, decodeClosePayload, encodeClosePayload, isCloseError, isUnexpectedCloseError, MAX_CLOSE_REASON_BYTES } from "../../src/protocol/close.js";
+import { ErrorCode, FAILURE_STATUS, isSendableCloseCode, StatusCode } from "../../src/protocol/errors.js";
 
 /** sendable is RFC 6455 §7.4 and the IANA registry, written out independently. */
 function sendable(code: number): boolean {
@@ -58,18 +48,21 @@ t.test("encodeClosePayload", async (t) => {
 
 t.test("decodeClosePayload", async (t) => {
   t.same(decodeClosePayload(Buffer.alloc(0)), { code: 1005, reason: "" });
-  t.same(decodeClosePayload(Buffer.from([0x03])), { error: "close frame payload of 1 byte", code: 1002 });
+  t.same(decodeClosePayload(Buffer.from([0x03])), { error: "close frame payload of 1 byte", errorCode: ErrorCode.InvalidClosePayload });
   t.same(decodeClosePayload(Buffer.from([0x03, 0xe8])), { code: 1000, reason: "" });
   t.same(decodeClosePayload(encodeClosePayload(3000, "héllo")), { code: 3000, reason: "héllo" });
   for (const code of [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535]) {
     const body = Buffer.alloc(2);
     body.writeUInt16BE(code);
-    t.same(decodeClosePayload(body), { error: `invalid close code ${code}`, code: 1002 }, `code ${code}`);
+    t.same(decodeClosePayload(body), { error: `invalid close code ${code}`, errorCode: ErrorCode.InvalidClosePayload }, `code ${code}`);
   }
   const badReason = Buffer.concat([Buffer.from([0x03, 0xe8]), Buffer.from([0xed, 0xa0, 0x80])]);
-  t.same(decodeClosePayload(badReason), { error: "close reason is not valid UTF-8", code: 1007 });
+  t.same(decodeClosePayload(badReason), { error: "close reason is not valid UTF-8", errorCode: ErrorCode.InvalidUtf8 });
   const truncated = Buffer.concat([Buffer.from([0x03, 0xe8]), Buffer.from("€").subarray(0, 2)]);
-  t.match(decodeClosePayload(truncated), { code: 1007 });
+  t.match(decodeClosePayload(truncated), { errorCode: ErrorCode.InvalidUtf8 });
+  // the failure table maps each error code to the close code sent
+  t.equal(FAILURE_STATUS[ErrorCode.InvalidClosePayload], StatusCode.ProtocolError);
+  t.equal(FAILURE_STATUS[ErrorCode.InvalidUtf8], StatusCode.InvalidFramePayloadData);
   for (const length of [123, 124]) {
     const reason = "q".repeat(length);
     const body = Buffer.concat([Buffer.from([0x03, 0xe9]), Buffer.from(reason)]);

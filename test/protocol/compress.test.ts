@@ -6,17 +6,7 @@
  */
 
 import t from "tap";
-import {
-  acceptResponse,
-  checkCompressionOptions,
-  clientOffer,
-  defaultThreshold,
-  selectOffer,
-  settingsFor,
-  type CompressionMode,
-  type CompressionOptions,
-  type DeflateParams,
-} from "../../src/protocol/handshake.js";
+import { acceptResponse, checkCompressionOptions, clientOffer, type CompressionMode, type CompressionOptions, defaultThreshold, type DeflateParams, selectOffer, settingsFor } from "../../src/protocol/handshake.js";
 
 const DEFAULTS: DeflateParams = { serverNoContextTakeover: false, clientNoContextTakeover: false, serverMaxWindowBits: 15, clientMaxWindowBits: 15 };
 

@@ -1,5 +1,5 @@
 import t from "tap";
-import { ErrorCode } from "../../src/protocol/errors.js";
+import { ErrorCode, FAILURE_STATUS, type FailureCode } from "../../src/protocol/errors.js";
 import { FrameParser, type FrameParserOptions, type FrameSink } from "../../src/protocol/frame.js";
 import { chunkers, seededRng } from "../helpers/chunkers.js";
 
@@ -46,8 +46,9 @@ class Recorder implements FrameSink {
     this.onEvent?.(event);
   }
 
-  onFramingError(code: number, errorCode: ErrorCode): void {
-    const event = { kind: "error" as const, code, errorCode };
+  fail(errorCode: FailureCode): void {
+    // The close code comes from the one table in errors.ts; the cases below say which they expect.
+    const event = { kind: "error" as const, code: FAILURE_STATUS[errorCode], errorCode };
     this.events.push(event);
     this.onEvent?.(event);
   }

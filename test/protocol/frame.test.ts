@@ -1,16 +1,5 @@
 import t from "tap";
-import { ErrorCode } from "../../src/protocol/errors.js";
-import {
-  firstHeaderByte,
-  frameHeaderSize,
-  isControlOpcode,
-  MAX_CONTROL_PAYLOAD,
-  MAX_HEADER_SIZE,
-  MessageType,
-  Opcode,
-  writeFrameHeader,
-} from "../../src/protocol/frame.js";
-import { FrameParser, type FrameSink } from "../../src/protocol/frame.js";
+import { firstHeaderByte, frameHeaderSize, FrameParser, type FrameSink, isControlOpcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_SIZE, MessageType, Opcode, writeFrameHeader } from "../../src/protocol/frame.js";
 import { maskInPlace } from "../../src/protocol/payload.js";
 import { chunkers, seededRng } from "../helpers/chunkers.js";
 
@@ -37,7 +26,7 @@ function parse(chunks: Buffer[], expectMasked: boolean): { header?: Header; payl
       out.payload = Buffer.from(payload);
       out.ended = true;
     },
-    onFramingError: (_code, errorCode: ErrorCode) => void (out.error = errorCode),
+    fail: (errorCode) => void (out.error = errorCode),
   };
   const parser = new FrameParser(sink, { expectMasked, allowRsv1: true });
   for (const c of chunks) parser.push(c);

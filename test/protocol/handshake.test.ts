@@ -1,15 +1,5 @@
 import t from "tap";
-import {
-  acceptKey,
-  checkHeaders,
-  formatExtension,
-  hasToken,
-  headerList,
-  isToken,
-  isValidKey,
-  parseExtensions,
-  singleHeader,
-} from "../../src/protocol/handshake.js";
+import { acceptKey, checkHeaders, formatExtension, hasToken, headerList, isToken, isValidKey, parseExtensions, singleHeader } from "../../src/protocol/handshake.js";
 
 t.test("acceptKey: the example of RFC 6455 §1.3", async (t) => {
   t.equal(acceptKey("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");

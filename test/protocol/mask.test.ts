@@ -1,8 +1,11 @@
 import { execFileSync } from "node:child_process";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
 import t, { type Test } from "tap";
 import { WASM_MASK_CHUNK, wasmMask } from "../../src/internal/wasm-mask.js";
 import { maskInPlace, maskInto, nextMaskKey, readMaskWord } from "../../src/protocol/payload.js";
 import { seededRng } from "../helpers/chunkers.js";
+import { ROOT } from "../helpers/root.js";
 
 /** naiveMask is the definition of RFC 6455 §5.3: octet i XOR key octet (i mod 4). */
 function naiveMask(data: Uint8Array, key: Uint8Array, phase: number): Uint8Array {
@@ -87,8 +90,8 @@ t.test("maskInto writes the masked copy at the offset and leaves the source alon
 t.test("without WebAssembly (node --jitless) masking falls back to JavaScript and stays correct", async (t) => {
   // A child process, since the module is instantiated once at import.
   const script = `
-    const { wasmMask } = await import(${JSON.stringify(new URL("../../dist/internal/wasm-mask.js", import.meta.url).href)});
-    const { maskInPlace, maskInto, readMaskWord } = await import(${JSON.stringify(new URL("../../dist/protocol/payload.js", import.meta.url).href)});
+    const { wasmMask } = await import(${JSON.stringify(pathToFileURL(join(ROOT, "dist/internal/wasm-mask.js")).href)});
+    const { maskInPlace, maskInto, readMaskWord } = await import(${JSON.stringify(pathToFileURL(join(ROOT, "dist/protocol/payload.js")).href)});
     const key = Buffer.from([0x9a, 0x01, 0xff, 0x42]);
     let wrong = 0;
     for (const length of [5, 40, 1024, 70000]) {

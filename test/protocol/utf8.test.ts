@@ -1,7 +1,7 @@
 import { isUtf8 } from "node:buffer";
 import t from "tap";
 import { isValidUtf8, Utf8Validator } from "../../src/protocol/payload.js";
-import { chunkers, randomSplitPoints, seededRng, splitAt, type Rng } from "../helpers/chunkers.js";
+import { chunkers, randomSplitPoints, type Rng, seededRng, splitAt } from "../helpers/chunkers.js";
 
 const rng = seededRng(t, "utf8");
 

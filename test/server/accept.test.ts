@@ -3,8 +3,8 @@ import * as http from "node:http";
 import * as net from "node:net";
 import type { AddressInfo } from "node:net";
 import t, { type Test } from "tap";
-import { accept, type AcceptOptions, type Conn, HandshakeError, isWebSocketUpgrade, MessageType } from "../../src/index.js";
 import { DEFAULT_HANDSHAKE_TIMEOUT } from "../../src/conn/options.js";
+import { accept, type AcceptOptions, type Conn, HandshakeError, isWebSocketUpgrade, MessageType } from "../../src/index.js";
 
 const KEY = "dGhlIHNhbXBsZSBub25jZQ==";
 const ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="; // RFC 6455 §1.3

@@ -11,8 +11,8 @@
 import * as net from "node:net";
 import type { AddressInfo } from "node:net";
 import t, { type Test } from "tap";
-import { dial, HandshakeError, MessageType, serve, type Conn } from "../../src/index.js";
-import { acceptFor, encodeFrame, Op, rawExchange, upgradeRequest, type RawExchange } from "../helpers/raw-peer.js";
+import { type Conn, dial, HandshakeError, MessageType, serve } from "../../src/index.js";
+import { acceptFor, encodeFrame, Op, rawExchange, type RawExchange, upgradeRequest } from "../helpers/raw-peer.js";
 
 /** The head timeout used here, in ms: small, so the slowloris case runs quickly. */
 const HEADERS_TIMEOUT = 500;

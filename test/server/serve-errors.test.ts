@@ -9,7 +9,7 @@
 
 import type * as http from "node:http";
 import t, { type Test } from "tap";
-import { CloseError, dial, MessageType, type CloseInfo, type Conn, type Handler } from "../../src/index.js";
+import { CloseError, type CloseInfo, type Conn, dial, type Handler, MessageType } from "../../src/index.js";
 import { startServe } from "../helpers/peers.js";
 
 /** What serve writes to stderr for a failed handler starts with this. */

@@ -7,7 +7,7 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t, { type Test } from "tap";
-import { CloseError, type Conn, dial, HandshakeError, MessageType, serve, type Handler } from "../../src/index.js";
+import { CloseError, type Conn, dial, type Handler, HandshakeError, MessageType, serve } from "../../src/index.js";
 import { SERVE_MAX_HEADER_SIZE, SERVE_MAX_HEADERS } from "../../src/server/serve.js";
 import { startServe } from "../helpers/peers.js";
 
