@@ -21,12 +21,24 @@ export interface MemoryServer {
   stop(): Promise<void>;
 }
 
+/**
+ * withoutCoverage copies `env` with NODE_V8_COVERAGE emptied, so a child
+ * process is not instrumented by c8 (Node puts the variable back when it is
+ * merely missing from a child's env).
+ */
+function withoutCoverage(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  return { ...env, NODE_V8_COVERAGE: "" };
+}
+
 /** startMemoryServer forks test/helpers/memory-server (.ts, or .js once compiled) with `config` and waits for its port. */
 export async function startMemoryServer(config: MemoryServerConfig): Promise<MemoryServer> {
   const child = fork(fileURLToPath(new URL(`./memory-server${TEST_EXTENSION}`, import.meta.url)), [JSON.stringify(config)], {
     // Only the TypeScript loader: tap's process tracking and mocks slow children down.
     execArgv: process.execArgv.filter((arg) => arg.includes("typescript")),
     stdio: ["ignore", "inherit", "inherit", "ipc"],
+    // Without coverage: V8's block counters double the child's CPU in these
+    // hot loops, and the server code it runs is covered by the rest of the suite.
+    env: withoutCoverage(process.env),
   });
   const exited = once(child, "exit");
   const replies: Array<(m: MemoryReply) => void> = [];
