@@ -11,10 +11,13 @@
  * @packageDocumentation
  */
 
-export { accept, type AcceptOptions } from "./server/accept.js";
-export { serve, type ServeOptions, type Handler } from "./server/serve.js";
+export { accept, type AcceptOptions, type HandshakeRefusedMessage } from "./server/accept.js";
+export { serve, type ServeOptions, type Handler, type HandlerErrorMessage } from "./server/serve.js";
+export { DEFAULT_RETRY_AFTER, type ServerLifecycle, type ShutdownOptions, type WebSocketServer } from "./server/lifecycle.js";
 export { dial, type DialOptions } from "./client/dial.js";
-export { Conn } from "./conn/conn.js";
+export { Conn, type ConnCloseMessage, type ConnOpenMessage, type KeepaliveTimeoutMessage } from "./conn/conn.js";
+export type { KeepaliveOptions } from "./conn/liveness.js";
+export { DiagnosticsChannel } from "./internal/diagnostics.js";
 export { type ConnOptions, type HandshakeTimeouts } from "./conn/options.js";
 export { type CloseInfo } from "./protocol/close.js";
 export { InboundBudget, DEFAULT_INBOUND_BUDGET } from "./conn/options.js";
@@ -30,16 +33,19 @@ export { netConn, type NetConn } from "./adapters/netconn.js";
 export { messageStream, type MessageStream, type OutgoingMessage } from "./adapters/messages.js";
 export { readJSON, writeJSON } from "./adapters/messages.js";
 export type { CompressionMode, CompressionOptions } from "./protocol/handshake.js";
+export { Hub } from "./hub/hub.js";
 export {
-  Hub,
   DEFAULT_MAX_QUEUED_BYTES,
+  DEFAULT_SLOW_TIMEOUT,
+  HARD_QUEUE_LIMIT_FACTOR,
   type HubOptions,
+  type HubSlowMessage,
   type HubEvents,
   type HubStats,
   type AddOptions,
   type SendOptions,
   type SlowPolicy,
-} from "./hub/hub.js";
+} from "./hub/options.js";
 export { HubClient } from "./hub/client.js";
 export type { HeartbeatOptions } from "./hub/client.js";
-export { MemoryBus, RedisBus, type HubBus, type BusListener, type RedisPublisher, type RedisSubscriber } from "./hub/bus.js";
+export { MemoryBus, RedisBus, type HubBus, type BusListener, type RedisPublisher, type RedisSubscriber, type RedisConnection } from "./hub/bus.js";

@@ -9,7 +9,7 @@
 
 import { startTimer } from "../internal/waiting.js";
 import { CloseError, type CloseInfo, type ClosePayload, decodeClosePayload, encodeClosePayload, truncateCloseReason } from "../protocol/close.js";
-import { FAILURE_STATUS, type FailureCode, StatusCode } from "../protocol/errors.js";
+import { ErrorCode, FAILURE_STATUS, type FailureCode, StatusCode } from "../protocol/errors.js";
 import { EMPTY_PAYLOAD } from "../protocol/payload.js";
 import { DEFAULT_CLOSE_TIMEOUT } from "./options.js";
 
@@ -58,6 +58,11 @@ export class CloseHandshake {
       state.closedPromise = info ? Promise.resolve(info) : new Promise((resolve) => (state.resolveClosed = resolve));
     }
     return state.closedPromise;
+  }
+
+  /** How the connection ended, once the socket is closed. */
+  get info(): CloseInfo | undefined {
+    return this.state?.info;
   }
 
   /** The peer's close frame, once it came. */
@@ -135,9 +140,13 @@ export class CloseHandshake {
     this.terminate(lostConnection("connection closed without a close frame"));
     if (state.info !== undefined) return;
     const received = state.received;
+    // RFC 6455 §7.1.5 says 1006 when no close frame came; a keepalive
+    // timeout reports its own 1011 instead: the peer is presumed gone, and
+    // "keepalive timeout" says why better than "closed without a close frame".
+    const verdict = received ?? (this.error?.errorCode === ErrorCode.KeepaliveTimeout ? this.error : undefined);
     state.info = {
-      code: received?.code ?? StatusCode.AbnormalClosure,
-      reason: received?.reason ?? "",
+      code: verdict?.code ?? StatusCode.AbnormalClosure,
+      reason: verdict?.reason ?? "",
       wasClean: this.sent && received !== undefined && state.socketError === undefined && !state.timedOut,
     };
     state.resolveClosed?.(state.info);

@@ -11,13 +11,22 @@ import type { Socket } from "node:net";
 import type { Writable } from "node:stream";
 import { bindAbort, noop } from "../internal/waiting.js";
 import { CloseError, type CloseInfo, encodeClosePayload } from "../protocol/close.js";
-import { type FailureCode, isSendableCloseCode, StatusCode } from "../protocol/errors.js";
+import { connCloseChannel, connOpenChannel, keepaliveTimeoutChannel } from "../internal/diagnostics.js";
+import { ErrorCode, type FailureCode, isSendableCloseCode, StatusCode } from "../protocol/errors.js";
 import { type MessageType, Opcode } from "../protocol/frame.js";
 import { defaultThreshold, type DeflateSettings } from "../protocol/handshake.js";
+import { EMPTY_PAYLOAD } from "../protocol/payload.js";
 import { CloseHandshake } from "./close-handshake.js";
 import { compressedVariant, type FrameVariant, MessageDeflater, PLAIN_VARIANT } from "./deflate.js";
-import { Inbound, PingTracker } from "./inbound.js";
-import { checkLevel, checkLimit, type ConnInit, DEFAULT_COMPRESSION_LEVEL, DEFAULT_READ_LIMIT } from "./options.js";
+import { Inbound, listenTo, PingTracker, RareState, type SocketOwner } from "./inbound.js";
+import { Liveness, type LivenessHost, livenessSettings } from "./liveness.js";
+import {
+  checkLevel,
+  checkLimit,
+  type ConnInit,
+  DEFAULT_COMPRESSION_LEVEL,
+  DEFAULT_READ_LIMIT,
+} from "./options.js";
 import { type Message, MessageIterator, ReadSide, type StreamedMessage } from "./read.js";
 import { type MessageData, type PreparedMessage, WriteSide } from "./write.js";
 
@@ -28,7 +37,7 @@ import { type MessageData, type PreparedMessage, WriteSide } from "./write.js";
  * waiting method takes an optional AbortSignal and also settles when the
  * connection closes.
  */
-export class Conn implements AsyncIterable<Message> {
+export class Conn implements AsyncIterable<Message>, LivenessHost, SocketOwner {
   /** The subprotocol the handshake selected, or "". */
   readonly subprotocol: string;
   /** The Sec-WebSocket-Extensions the handshake agreed on, or "". */
@@ -50,6 +59,10 @@ export class Conn implements AsyncIterable<Message> {
   private readonly handshake: CloseHandshake;
   /** State most connections never need (pings, closeRead, ping callbacks): made on first use. */
   private rareState: RareState | undefined;
+  /** The keepalive and idle timeout, when either is on. */
+  private readonly liveness: Liveness | undefined;
+  /** @internal Told when the socket closes: the server that holds this connection. */
+  closeWatcher: { connClosed(conn: Conn): void } | undefined;
 
   /**
    * The constructor is internal: connections come from accept and dial. It
@@ -76,7 +89,10 @@ export class Conn implements AsyncIterable<Message> {
     this.writes = new WriteSide(socket, !this.isServer, this);
     if (init.writeQueueLimit !== undefined) this.writes.writeQueueLimit = checkLimit("write queue limit", init.writeQueueLimit);
     if (deflate !== undefined) this.setupWriteCompression(deflate, init.compressionThreshold, level);
+    const liveness = livenessSettings(init.keepalive, init.idleTimeout);
+    if (liveness !== undefined) this.inbound.liveness = this.liveness = new Liveness(this, liveness);
     this.attachSocket(head);
+    if (connOpenChannel.hasSubscribers) connOpenChannel.publish({ conn: this, role: init.role } satisfies ConnOpenMessage);
   }
 
   // ---- reading ----
@@ -169,6 +185,7 @@ export class Conn implements AsyncIterable<Message> {
    * CloseError once the connection is closing, a TypeError for a bad type.
    */
   write(type: MessageType, data: MessageData, signal?: AbortSignal): Promise<void> {
+    this.liveness?.dataMessage();
     return this.writes.write(type, data, signal);
   }
 
@@ -182,6 +199,7 @@ export class Conn implements AsyncIterable<Message> {
    * the message is half sent. Throws a TypeError for a bad type.
    */
   writer(type: MessageType, signal?: AbortSignal): Writable {
+    this.liveness?.dataMessage();
     return this.writes.writer(type, signal);
   }
 
@@ -191,6 +209,7 @@ export class Conn implements AsyncIterable<Message> {
    * those of `write`.
    */
   writePrepared(message: PreparedMessage, signal?: AbortSignal): Promise<void> {
+    this.liveness?.dataMessage();
     return this.writes.writePrepared(message.frameFor(this.preparedVariant()), signal);
   }
 
@@ -336,11 +355,7 @@ export class Conn implements AsyncIterable<Message> {
     // A transport from createConnection may be any Duplex, without TCP options.
     if (typeof socket.setNoDelay === "function") socket.setNoDelay(true);
     if (typeof socket.setTimeout === "function") socket.setTimeout(0);
-    (socket as OwnedSocket)[OWNER] = this;
-    socket.on("data", onSocketData);
-    socket.on("end", onSocketEnd);
-    socket.on("error", onSocketError);
-    socket.on("close", onSocketClose);
+    listenTo(socket, this);
     if (head.length > 0) this.inbound.push(head);
     if (socket.destroyed) queueMicrotask(() => this.onSocketClose());
     // The peer may have half-closed while accept was still busy (checkOrigin),
@@ -386,6 +401,29 @@ export class Conn implements AsyncIterable<Message> {
     return (this.rareState ??= new RareState());
   }
 
+  // ---- LivenessHost ----
+
+  /** @internal */
+  sendKeepalivePing(): void {
+    if (!this.handshake.sent) this.writes.writeControl(Opcode.Ping, EMPTY_PAYLOAD);
+  }
+
+  /** @internal */
+  keepaliveExpired(waitedMs: number): void {
+    if (keepaliveTimeoutChannel.hasSubscribers) keepaliveTimeoutChannel.publish({ conn: this, waitedMs } satisfies KeepaliveTimeoutMessage);
+    this.fail(ErrorCode.KeepaliveTimeout, `keepalive timeout: no answer to a ping within ${Math.round(waitedMs)} ms`);
+  }
+
+  /** @internal */
+  idleExpired(): void {
+    this.close(StatusCode.GoingAway, "idle timeout").catch(noop);
+  }
+
+  /** @internal */
+  get pausedForReader(): boolean {
+    return this.inbound.pausedForReader;
+  }
+
   // ---- hosts: what the inbound path, the read and write sides and the close handshake ask for ----
 
   /** @internal The connection is closing: no message will be read (InboundHost). */
@@ -414,6 +452,7 @@ export class Conn implements AsyncIterable<Message> {
 
   /** @internal CloseHost: wake everything waiting on the connection with `err`. */
   terminate(err: CloseError): void {
+    this.liveness?.stop();
     this.inbound.terminate(err);
     this.writes.terminate(err);
     this.rareState?.pingTracker?.rejectAll(err);
@@ -441,6 +480,7 @@ export class Conn implements AsyncIterable<Message> {
 
   /** @internal Bytes arrived from the socket. */
   receive(chunk: Buffer): void {
+    this.liveness?.arrived();
     this.inbound.push(chunk);
   }
 
@@ -462,47 +502,31 @@ export class Conn implements AsyncIterable<Message> {
     this.inbound.release();
     this.writes.compression?.deflater.release();
     this.handshake.onSocketClose();
+    this.closeWatcher?.connClosed(this);
+    if (connCloseChannel.hasSubscribers) {
+      connCloseChannel.publish({ conn: this, info: this.handshake.info!, error: this.handshake.error! } satisfies ConnCloseMessage);
+    }
   }
 }
 
-/**
- * Socket listeners are shared functions that find their connection through a
- * symbol on the socket: four closures less per connection.
- */
-const OWNER = Symbol("wsconn.conn");
-
-interface OwnedSocket extends Socket {
-  [OWNER]: Conn;
+/** The message on the `wsconn:conn:open` diagnostics channel: a connection opened. */
+export interface ConnOpenMessage {
+  conn: Conn;
+  role: "client" | "server";
 }
 
-function onSocketData(this: OwnedSocket, chunk: Buffer): void {
-  this[OWNER].receive(chunk);
+/** The message on the `wsconn:conn:close` diagnostics channel: a connection's socket closed. */
+export interface ConnCloseMessage {
+  conn: Conn;
+  /** What `conn.closed` settles with. */
+  info: CloseInfo;
+  /** Why it ended, as pending reads saw it: `errorCode` tells a failure this side found. */
+  error: CloseError;
 }
 
-function onSocketEnd(this: OwnedSocket): void {
-  this[OWNER].onSocketEnd();
-}
-
-function onSocketError(this: OwnedSocket, err: Error): void {
-  this[OWNER].onSocketError(err);
-}
-
-function onSocketClose(this: OwnedSocket): void {
-  this[OWNER].onSocketClose();
-}
-
-/**
- * RareState holds what a connection needs only for pings, ping callbacks or
- * closeRead: one object made on first use instead of fields on every Conn,
- * unused by most for their whole life.
- */
-class RareState {
-  /** The onPing and onPong options. */
-  onPing: ((payload: Buffer) => void) | undefined;
-  onPong: ((payload: Buffer) => void) | undefined;
-  closeReadController: AbortController | undefined;
-  /** Made on the first ping: most connections never send one. */
-  pingTracker: PingTracker | undefined;
-  /** The latest ping's payload, while the socket is too full to answer it. */
-  pendingPong: Buffer | undefined;
+/** The message on the `wsconn:keepalive:timeout` diagnostics channel, just before the connection fails with 1011. */
+export interface KeepaliveTimeoutMessage {
+  conn: Conn;
+  /** How long the ping waited, in ms. */
+  waitedMs: number;
 }

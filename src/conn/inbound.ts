@@ -17,6 +17,7 @@ import { ErrorCode, type FailureCode, type FailureHost } from "../protocol/error
 import { FrameParser, type FrameSink, type MessageType, Opcode } from "../protocol/frame.js";
 import type { DeflateSettings } from "../protocol/handshake.js";
 import { MessageInflater } from "./deflate.js";
+import type { Liveness } from "./liveness.js";
 import type { InboundBudget } from "./options.js";
 import { ReadQueue, type ReadQueueHost } from "./read-queue.js";
 
@@ -71,6 +72,8 @@ export class Inbound implements FrameSink, ReadQueueHost {
   private inflateBatch: Buffer[] | undefined;
   private inflateBatchSize = 0;
   private pendingFailure: PendingFailure | undefined;
+  /** Told of every data frame, when the connection has a keepalive or idle timeout. */
+  liveness: Liveness | undefined;
 
   constructor(
     private readonly socket: Socket,
@@ -98,6 +101,7 @@ export class Inbound implements FrameSink, ReadQueueHost {
   // ---- FrameSink ----
 
   onDataFrame(opcode: number, fin: boolean, rsv1: boolean, length: number): boolean {
+    this.liveness?.dataMessage();
     if (opcode !== Opcode.Continuation) {
       if (!this.queue.startMessage(opcode as MessageType)) return false;
       this.compressedMessage = rsv1;
@@ -169,6 +173,11 @@ export class Inbound implements FrameSink, ReadQueueHost {
     this.stopInflating();
   }
 
+
+  /** True while the socket is paused because the application has not read what arrived. */
+  get pausedForReader(): boolean {
+    return (this.pauseReasons & PAUSE_UNREAD) !== 0;
+  }
 
   pauseSocket(): void {
     this.pauseFor(PAUSE_UNREAD);
@@ -312,4 +321,63 @@ export class PingTracker {
     for (const pending of map.values()) pending.reject(err);
     map.clear();
   }
+}
+
+/**
+ * Socket listeners are shared functions that find their connection through a
+ * symbol on the socket: four closures less per connection.
+ */
+const OWNER = Symbol("wsconn.conn");
+
+/** What the socket listeners call on the connection that owns the socket. */
+export interface SocketOwner {
+  receive(chunk: Buffer): void;
+  onSocketEnd(): void;
+  onSocketError(err: Error): void;
+  onSocketClose(): void;
+}
+
+interface OwnedSocket extends Socket {
+  [OWNER]: SocketOwner;
+}
+
+/** listenTo attaches the shared socket listeners, which find `owner` through a symbol on the socket. */
+export function listenTo(socket: Socket, owner: SocketOwner): void {
+  (socket as OwnedSocket)[OWNER] = owner;
+  socket.on("data", onSocketData);
+  socket.on("end", onSocketEnd);
+  socket.on("error", onSocketError);
+  socket.on("close", onSocketClose);
+}
+
+function onSocketData(this: OwnedSocket, chunk: Buffer): void {
+  this[OWNER].receive(chunk);
+}
+
+function onSocketEnd(this: OwnedSocket): void {
+  this[OWNER].onSocketEnd();
+}
+
+function onSocketError(this: OwnedSocket, err: Error): void {
+  this[OWNER].onSocketError(err);
+}
+
+function onSocketClose(this: OwnedSocket): void {
+  this[OWNER].onSocketClose();
+}
+
+/**
+ * RareState holds what a connection needs only for pings, ping callbacks or
+ * closeRead: one object made on first use instead of fields on every Conn,
+ * unused by most for their whole life.
+ */
+export class RareState {
+  /** The onPing and onPong options. */
+  onPing: ((payload: Buffer) => void) | undefined;
+  onPong: ((payload: Buffer) => void) | undefined;
+  closeReadController: AbortController | undefined;
+  /** Made on the first ping: most connections never send one. */
+  pingTracker: PingTracker | undefined;
+  /** The latest ping's payload, while the socket is too full to answer it. */
+  pendingPong: Buffer | undefined;
 }

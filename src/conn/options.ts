@@ -10,6 +10,7 @@
 
 import { checkTimeout } from "../internal/waiting.js";
 import type { DeflateSettings } from "../protocol/handshake.js";
+import { type KeepaliveOptions, livenessSettings } from "./liveness.js";
 
 /** The default read limit in bytes, as in nhooyr's websocket. */
 export const DEFAULT_READ_LIMIT = 32768;
@@ -55,6 +56,22 @@ export interface ConnOptions {
    * process; for `dial`: none.
    */
   inboundBudget?: InboundBudget;
+  /**
+   * keepalive pings the peer after `interval` ms in which nothing arrived
+   * from it, and fails the connection with 1011 (`WS_ERR_KEEPALIVE_TIMEOUT`)
+   * when nothing arrives within `timeout` ms (default: `interval`) of the
+   * ping; the socket is destroyed at most `closeTimeout` later. It catches
+   * peers that vanished without a FIN and peers that stopped reading. Bytes
+   * the application has not read hold the socket paused and the peer is not
+   * blamed for that. One timer per connection. Default off.
+   */
+  keepalive?: KeepaliveOptions | undefined;
+  /**
+   * idleTimeout closes the connection with 1001 "idle timeout" once no data
+   * message (a frame of one) has gone either way for that many ms; pings and
+   * pongs do not count. Default off (0 or `Infinity`: off).
+   */
+  idleTimeout?: number | undefined;
 }
 
 /** What accept and dial hand to the Conn constructor. */
@@ -89,13 +106,15 @@ export function checkLevel(level: number): number {
 /**
  * checkConnOptions throws a RangeError for a limit that is not a
  * non-negative number or a timeout setTimeout cannot honour (see
- * checkTimeout), before accept answers 101 or dial connects.
+ * checkTimeout), and a RangeError or TypeError for a bad keepalive, before
+ * accept answers 101 or dial connects.
  */
 export function checkConnOptions(options: ConnOptions & HandshakeTimeouts): void {
   if (options.readLimit !== undefined) checkLimit("read limit", options.readLimit);
   if (options.writeQueueLimit !== undefined) checkLimit("write queue limit", options.writeQueueLimit);
   if (options.closeTimeout !== undefined) checkTimeout("closeTimeout", options.closeTimeout);
   if (options.handshakeTimeout !== undefined) checkTimeout("handshakeTimeout", options.handshakeTimeout);
+  livenessSettings(options.keepalive, options.idleTimeout);
 }
 
 /** checkLimit returns a non-negative limit (Infinity allowed), or throws a RangeError naming `what`. */

@@ -5,6 +5,7 @@
  * message with the id of the node that sent it.
  */
 
+import { noop } from "../internal/waiting.js";
 import { MessageType } from "../protocol/frame.js";
 
 /** BusListener receives the bytes published on a channel. */
@@ -14,9 +15,9 @@ export type BusListener = (message: Buffer) => void;
  * HubBus is what a hub needs from a message broker to share broadcasts and
  * topics with hubs in other processes: publish bytes on a channel, and
  * subscribe and unsubscribe a listener. Methods may return promises; a
- * rejection is reported as the hub's 'busError' event. Delivery is at most
- * once, like Redis pub/sub: a message published while a node is not (yet)
- * subscribed is not delivered to it.
+ * rejection is reported as the hub's 'busError' event, and so is what
+ * `watch` reports. Delivery is at most once, like Redis pub/sub: a message
+ * published while a node is not (yet) subscribed is not delivered to it.
  */
 export interface HubBus {
   /** publish sends `message` to every listener of `channel`, in every process. */
@@ -25,6 +26,14 @@ export interface HubBus {
   subscribe(channel: string, listener: BusListener): unknown;
   /** unsubscribe removes `listener` from `channel`. */
   unsubscribe(channel: string, listener: BusListener): unknown;
+  /**
+   * watch, optional, passes `onError` the failures the bus notices outside
+   * any call (a lost broker connection, a failed reconnection) until the
+   * function it returns is called. A hub watches its bus from its
+   * constructor until `close()` has left the bus, and reports what it is
+   * told as 'busError'.
+   */
+  watch?(onError: (err: Error) => void): () => void;
 }
 
 /**
@@ -66,8 +75,16 @@ export class MemoryBus implements HubBus {
   }
 }
 
+/** RedisConnection is what RedisBus watches on both node-redis (v4 or later) clients. */
+export interface RedisConnection {
+  /** isReady is false while the client is disconnected or reconnecting. */
+  readonly isReady: boolean;
+  /** on adds a listener: RedisBus listens to 'error' on both clients, and to 'ready' on the subscriber. */
+  on(event: "error" | "ready", listener: (...args: unknown[]) => void): unknown;
+}
+
 /** RedisPublisher is the part of a node-redis (v4 or later) client RedisBus publishes with. */
-export interface RedisPublisher {
+export interface RedisPublisher extends RedisConnection {
   publish(channel: string, message: Buffer): Promise<unknown>;
 }
 
@@ -76,9 +93,18 @@ export interface RedisPublisher {
  * subscriber mode that RedisBus listens with; RedisBus passes `bufferMode`
  * true so binary messages arrive as Buffers.
  */
-export interface RedisSubscriber {
+export interface RedisSubscriber extends RedisConnection {
   subscribe(channel: string, listener: (message: Buffer, channel: Buffer) => unknown, bufferMode: true): Promise<unknown>;
   unsubscribe(channel: string, listener: (message: Buffer, channel: Buffer) => unknown, bufferMode: true): Promise<unknown>;
+}
+
+/** A subscription RedisBus was asked for, until it is withdrawn. */
+interface Subscription {
+  readonly channel: string;
+  readonly listener: BusListener;
+  /** Resolves when the subscription is withdrawn, so nobody waits for a SUBSCRIBE that no longer matters. */
+  readonly withdrawn: Promise<void>;
+  withdraw(): void;
 }
 
 /**
@@ -88,26 +114,130 @@ export interface RedisSubscriber {
  * `subscriber` (one in subscriber mode, e.g. `publisher.duplicate()`), both
  * connected by the application, which also closes them after the hubs.
  * Other clients (ioredis, …) fit by implementing HubBus in a few lines.
+ *
+ * Outages: node-redis reconnects by itself and then restores the
+ * subscriptions Redis had confirmed. RedisBus does the rest. It listens to
+ * both clients' 'error' events, which node-redis emits on every lost
+ * connection and failed reconnection attempt (unheard, one would crash the
+ * process), and reports them as the hubs' 'busError'. While the publisher is
+ * disconnected, `publish` rejects at once: the message is dropped, reported,
+ * and never delivered late (node-redis would hold it in its unbounded
+ * offline queue and send it on reconnection, to whichever nodes had
+ * resubscribed by then); only a message published in the instant before
+ * node-redis notices a dead connection still goes to that queue (create the
+ * publisher with `disableOfflineQueue: true` to drop it too). A SUBSCRIBE
+ * that failed with its connection, which node-redis does not restore, is
+ * sent again on the subscriber's next 'ready'. An UNSUBSCRIBE while
+ * disconnected resolves at once, so a hub closes during an outage.
  */
 export class RedisBus implements HubBus {
+  private readonly watchers = new Set<(err: Error) => void>();
+  /** The subscriptions asked for and not withdrawn, by channel, then listener. */
+  private readonly wanted = new Map<string, Map<BusListener, Subscription>>();
+  /** Wanted subscriptions whose SUBSCRIBE failed, to send again on 'ready'. */
+  private readonly lost = new Set<Subscription>();
+
+  /** The constructor adds the 'error' and 'ready' listeners; they stay as long as the clients. */
   constructor(
     private readonly publisher: RedisPublisher,
     private readonly subscriber: RedisSubscriber,
-  ) {}
+  ) {
+    publisher.on("error", (err) => this.report(`the Redis publisher's connection failed: ${messageOf(err)}`, err));
+    subscriber.on("error", (err) => this.report(`the Redis subscriber's connection failed: ${messageOf(err)}`, err));
+    subscriber.on("ready", () => this.restore());
+  }
 
-  /** publish runs PUBLISH; it resolves with the number of receivers. */
+  /** publish runs PUBLISH and resolves with the number of receivers; it rejects at once while the publisher is disconnected. */
   publish(channel: string, message: Buffer): Promise<unknown> {
+    if (!this.publisher.isReady) return Promise.reject(new Error("the Redis publisher is disconnected: message dropped"));
     return this.publisher.publish(channel, message);
   }
 
-  /** subscribe runs SUBSCRIBE (node-redis shares one SUBSCRIBE per channel among listeners). */
+  /**
+   * subscribe runs SUBSCRIBE (node-redis shares one SUBSCRIBE per channel
+   * among listeners). It resolves once Redis confirms it, or once the
+   * subscription is withdrawn; it rejects if the SUBSCRIBE failed, and then
+   * tries again on the subscriber's next 'ready'.
+   */
   subscribe(channel: string, listener: BusListener): Promise<unknown> {
-    return this.subscriber.subscribe(channel, listener, true);
+    const subscription = this.want(channel, listener);
+    return Promise.race([this.take(subscription), subscription.withdrawn]);
   }
 
-  /** unsubscribe removes the listener, and the SUBSCRIBE once the channel has no listener left. */
+  /**
+   * unsubscribe removes the listener, and the SUBSCRIBE once the channel has
+   * no listener left. While the subscriber is disconnected it resolves at
+   * once: Redis ended that connection's subscriptions with it, and
+   * node-redis sends the UNSUBSCRIBE on reconnection, so it does not restore
+   * the channel.
+   */
   unsubscribe(channel: string, listener: BusListener): Promise<unknown> {
-    return this.subscriber.unsubscribe(channel, listener, true);
+    this.withdraw(channel, listener);
+    const done = this.subscriber.unsubscribe(channel, listener, true);
+    if (this.subscriber.isReady) return done;
+    done.catch(noop); // the connection's end took the subscription already
+    return Promise.resolve();
+  }
+
+  /**
+   * watch passes `onError` the failures of the clients' connections, and of
+   * the SUBSCRIBEs sent again on 'ready', until the returned function is
+   * called.
+   */
+  watch(onError: (err: Error) => void): () => void {
+    const watcher = (err: Error): void => onError(err);
+    this.watchers.add(watcher);
+    return () => void this.watchers.delete(watcher);
+  }
+
+  private want(channel: string, listener: BusListener): Subscription {
+    this.withdraw(channel, listener);
+    let withdraw = noop;
+    const withdrawn = new Promise<void>((resolve) => (withdraw = resolve));
+    const subscription: Subscription = { channel, listener, withdrawn, withdraw };
+    let listeners = this.wanted.get(channel);
+    if (listeners === undefined) this.wanted.set(channel, (listeners = new Map()));
+    listeners.set(listener, subscription);
+    return subscription;
+  }
+
+  private withdraw(channel: string, listener: BusListener): void {
+    const listeners = this.wanted.get(channel);
+    const subscription = listeners?.get(listener);
+    if (subscription === undefined) return;
+    listeners!.delete(listener);
+    if (listeners!.size === 0) this.wanted.delete(channel);
+    this.lost.delete(subscription);
+    subscription.withdraw();
+  }
+
+  private isWanted(subscription: Subscription): boolean {
+    return this.wanted.get(subscription.channel)?.get(subscription.listener) === subscription;
+  }
+
+  /** take sends the SUBSCRIBE; if it fails while still wanted, it is lost until the next 'ready'. */
+  private take(subscription: Subscription): Promise<unknown> {
+    const { channel, listener } = subscription;
+    return this.subscriber.subscribe(channel, listener, true).catch((err: unknown) => {
+      if (this.isWanted(subscription)) this.lost.add(subscription);
+      throw err;
+    });
+  }
+
+  /** restore sends again, once the subscriber is ready, the SUBSCRIBEs that failed. */
+  private restore(): void {
+    const lost = [...this.lost];
+    this.lost.clear();
+    for (const subscription of lost) {
+      this.take(subscription).catch((err: unknown) => {
+        this.report(`failed to subscribe to ${subscription.channel} again: ${messageOf(err)}`, err);
+      });
+    }
+  }
+
+  private report(message: string, cause: unknown): void {
+    const err = new Error(message, { cause });
+    for (const watcher of this.watchers) watcher(err);
   }
 }
 
@@ -177,6 +307,7 @@ export class BusLink {
   private readonly listeners = new Map<string, BusListener>();
   private readonly pending = new Set<Promise<unknown>>();
   private readonly node: Buffer;
+  private readonly unwatch: () => void;
 
   constructor(
     private readonly bus: HubBus,
@@ -185,6 +316,7 @@ export class BusLink {
     private readonly host: BusLinkHost,
   ) {
     this.node = checkNodeId(nodeId);
+    this.unwatch = bus.watch?.((err) => host.error(busError(err))) ?? noop;
   }
 
   /** join subscribes to the channel of `topic` (undefined: broadcasts). */
@@ -216,11 +348,12 @@ export class BusLink {
     while (this.pending.size > 0) await Promise.allSettled([...this.pending]);
   }
 
-  /** close leaves every channel and waits for the bus operations to finish. */
+  /** close leaves every channel, waits for the bus operations to finish, and stops watching the bus. */
   async close(): Promise<void> {
     for (const [channel, listener] of this.listeners) this.track(() => this.bus.unsubscribe(channel, listener));
     this.listeners.clear();
     await this.settled();
+    this.unwatch();
   }
 
   private channel(topic: string | undefined): string {
@@ -250,5 +383,9 @@ export class BusLink {
 }
 
 function busError(err: unknown): Error {
-  return new Error(`failed to use the hub bus: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  return new Error(`failed to use the hub bus: ${messageOf(err)}`, { cause: err });
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }

@@ -11,6 +11,20 @@ import type { MessageData, PreparedMessage } from "../conn/write.js";
 import { MAX_TIMEOUT } from "../internal/waiting.js";
 import { frameHeaderSize, type MessageType } from "../protocol/frame.js";
 
+/**
+ * QueueLimits are what every client's queue of one hub shares: the soft
+ * bound, the grace a queue may stay past it, and whom to tell when that ran
+ * out.
+ */
+export interface QueueLimits {
+  /** maxQueuedBytes: past it, the grace timer runs. */
+  readonly soft: number;
+  /** slowTimeout, in ms (0 and Infinity arm no timer). */
+  readonly grace: number;
+  /** overdue is called when a client's queue stayed past `soft` for `grace` ms. */
+  overdue(state: ClientState<unknown>): void;
+}
+
 /** What a HubClient asks of the hub that owns it. */
 export interface ClientOwner<Meta> {
   sendTo(client: HubClient<Meta>, type: MessageType, data: MessageData): boolean;
@@ -34,8 +48,11 @@ export class ClientState<Meta = unknown> {
   pinging = false;
   client!: HubClient<Meta>;
 
-  constructor(readonly conn: Conn) {
-    this.queue = new SendQueue(conn);
+  constructor(
+    readonly conn: Conn,
+    limits: QueueLimits,
+  ) {
+    this.queue = new SendQueue(conn, limits, () => limits.overdue(this as ClientState<unknown>));
   }
 }
 
@@ -134,22 +151,30 @@ export function wireSize(message: PreparedMessage): number {
  * SendQueue holds the messages waiting for one connection and writes them
  * one after the other with `conn.writePrepared`, awaiting each: the socket's
  * backpressure stops this loop only. Bytes are counted from the moment a
- * message is queued until the socket has taken it.
+ * message is queued until the socket has taken it. While the bytes stay
+ * past the soft bound, one timer runs; if they are still past it when it
+ * fires, the queue calls `overdue`. Falling back to the bound clears it.
  */
 export class SendQueue {
   /** Bytes of the queued messages, the one being written included. */
   bytes = 0;
-  /** Messages dropped because the queue was full (drop policy). */
+  /** Messages dropped because the client was judged slow (drop policy). */
   dropped = 0;
-  /** The queue overflowed and has not been empty since ('slow' was reported). */
-  overflowing = false;
+  /** The client was judged slow and its queue has not been empty since. */
+  slow = false;
   private items: Array<PreparedMessage | undefined> = [];
   private head = 0;
   private running = false;
   private closed = false;
   private idleWaiters: Array<() => void> = [];
+  /** Runs while the bytes are past the soft bound (and the client is not judged slow yet). */
+  private graceTimer: NodeJS.Timeout | undefined;
 
-  constructor(private readonly conn: Conn) {}
+  constructor(
+    private readonly conn: Conn,
+    private readonly limits: QueueLimits,
+    private readonly overdue: () => void,
+  ) {}
 
   /** Messages waiting, the one being written included. */
   get length(): number {
@@ -165,11 +190,15 @@ export class SendQueue {
     return this.bytes === 0 || this.bytes + size <= max;
   }
 
-  /** push queues `message` and starts the drain loop if it is idle. */
-  push(message: PreparedMessage): void {
+  /**
+   * push queues `message` of `size` wire bytes, starts the drain loop if it
+   * is idle, and the grace timer if the queue just passed the soft bound.
+   */
+  push(message: PreparedMessage, size: number): void {
     if (this.closed) return;
     this.items.push(message);
-    this.bytes += wireSize(message);
+    this.bytes += size;
+    if (this.bytes > this.limits.soft && this.graceTimer === undefined && !this.slow) this.startGrace();
     if (!this.running) void this.drain();
   }
 
@@ -179,7 +208,32 @@ export class SendQueue {
     this.items = [];
     this.head = 0;
     this.bytes = 0;
+    this.stopGrace();
     this.wakeIdle();
+  }
+
+  /** judged marks the client slow until the queue has drained, and ends its grace. */
+  judged(): void {
+    this.slow = true;
+    this.stopGrace();
+  }
+
+  /** stopGrace clears the grace timer: the queue is back within the soft bound, judged, or closed. */
+  stopGrace(): void {
+    if (this.graceTimer === undefined) return;
+    clearTimeout(this.graceTimer);
+    this.graceTimer = undefined;
+  }
+
+  private startGrace(): void {
+    const grace = this.limits.grace;
+    // 0: the hub judges at the soft bound itself; Infinity: never by time.
+    if (grace === 0 || grace === Infinity) return;
+    this.graceTimer = setTimeout(() => {
+      this.graceTimer = undefined;
+      if (!this.closed && !this.slow && this.bytes > this.limits.soft) this.overdue();
+    }, grace);
+    this.graceTimer.unref();
   }
 
   /** idle resolves once nothing is queued (at once if nothing is), or the queue is closed. */
@@ -202,9 +256,10 @@ export class SendQueue {
       }
       if (this.closed) break;
       this.bytes -= wireSize(message);
+      if (this.graceTimer !== undefined && this.bytes <= this.limits.soft) this.stopGrace();
     }
     this.running = false;
-    if (this.bytes === 0) this.overflowing = false;
+    if (this.bytes === 0) this.slow = false;
     this.wakeIdle();
   }
 

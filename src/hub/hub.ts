@@ -6,33 +6,41 @@
  * Every client has its own send queue drained by its own loop (see
  * hub-client.ts): a broadcast frames the message once and queues it to each
  * client without waiting for any of them, so no client's slowness delays
- * another. A client whose queue passes `maxQueuedBytes` is closed (or its
- * new messages dropped).
+ * another. A client is judged slow on what its socket fails to drain over
+ * time, not on what one tick queued: when its queue stays past
+ * `maxQueuedBytes` for `slowTimeout`, or at once when a message would take
+ * it past `hardQueueLimit`. It is then closed (or its new messages dropped).
  */
 
 import { randomUUID } from "node:crypto";
 import { EventEmitter } from "node:events";
 import type { Conn } from "../conn/conn.js";
 import { type MessageData, PreparedMessage } from "../conn/write.js";
+import { hubSlowChannel } from "../internal/diagnostics.js";
 import { noop, startTimer } from "../internal/waiting.js";
 import { type CloseInfo, encodeClosePayload } from "../protocol/close.js";
 import { StatusCode } from "../protocol/errors.js";
 import type { MessageType } from "../protocol/frame.js";
 import { BusLink, type Envelope } from "./bus.js";
-import { type ClientOwner, ClientState, Heartbeat, HubClient, normalizeHeartbeat, wireSize } from "./client.js";
-import { type AddOptions, checkFlushTimeout, checkMaxQueuedBytes, checkSlowPolicy, DEFAULT_CHANNEL_PREFIX, DEFAULT_FLUSH_TIMEOUT, DEFAULT_MAX_QUEUED_BYTES, type HubEvents, type HubOptions, type HubStats, type SendOptions, type SlowPolicy } from "./options.js";
-
-export {
+import { type ClientOwner, ClientState, Heartbeat, HubClient, normalizeHeartbeat, type QueueLimits, wireSize } from "./client.js";
+import {
+  type AddOptions,
+  checkFlushTimeout,
+  checkHardQueueLimit,
+  checkMaxQueuedBytes,
+  checkSlowPolicy,
+  checkSlowTimeout,
   DEFAULT_CHANNEL_PREFIX,
   DEFAULT_FLUSH_TIMEOUT,
   DEFAULT_MAX_QUEUED_BYTES,
-  type AddOptions,
+  DEFAULT_SLOW_TIMEOUT,
   type HubEvents,
   type HubOptions,
+  type HubSlowMessage,
   type HubStats,
   type SendOptions,
   type SlowPolicy,
-};
+} from "./options.js";
 
 type Counters = Omit<HubStats, "clients" | "topics">;
 
@@ -41,18 +49,20 @@ type Counters = Omit<HubStats, "clients" | "topics">;
  * without letting one slow client hold up the others. Reading stays the
  * application's: the hub only writes (and pings).
  *
- * Closing codes: 1008 "too slow" for a client whose queue is full (as in
- * nhooyr's chat example); 1011 "ping timeout" for a client that stops
+ * Closing codes: 1008 "too slow" for a client judged slow (as in nhooyr's
+ * chat example); 1011 "ping timeout" for a client that stops
  * answering the heartbeat (the server cannot serve it: an unexpected
  * condition, not the server going away); 1001 for `hub.close()` (the server
  * is going away). A close to a client that no longer reads completes after
  * the connection's close timeout (5 s by default).
  *
  * Events are emitted synchronously from what caused them: 'open' from
- * `add`, 'slow' from the `broadcast` or `publish` that overflowed a queue
- * (a listener that throws makes that call throw, and a broadcast then stops
- * at that client), 'close' when `conn.closed` settles (a throw there is an
- * unhandled rejection).
+ * `add`, 'slow' from the `broadcast`, `publish` or `send` that would have
+ * passed a queue's hard limit (a listener that throws makes that call
+ * throw, and a broadcast then stops at that client) or from the timer that
+ * found a queue still past `maxQueuedBytes` after `slowTimeout` (a throw
+ * there is an uncaught exception), 'close' when `conn.closed` settles (a
+ * throw there is an unhandled rejection).
  */
 export class Hub<Meta = Record<string, unknown>> extends EventEmitter<HubEvents<Meta>> {
   private readonly byConn = new Map<Conn, ClientState<Meta>>();
@@ -60,7 +70,9 @@ export class Hub<Meta = Record<string, unknown>> extends EventEmitter<HubEvents<
   private readonly topicMembers = new Map<string, Set<ClientState<Meta>>>();
   /** Clients the hub is closing whose connection has not ended yet. */
   private readonly leaving = new Set<ClientState<Meta>>();
-  private readonly maxQueuedBytes: number;
+  private readonly limits: QueueLimits;
+  /** Past this, a message is not queued and the client is judged slow at once. */
+  private readonly immediateLimit: number;
   private readonly slowPolicy: SlowPolicy;
   private readonly flushTimeout: number;
   private readonly heartbeat: Heartbeat | undefined;
@@ -80,7 +92,11 @@ export class Hub<Meta = Record<string, unknown>> extends EventEmitter<HubEvents<
    */
   constructor(options: HubOptions = {}) {
     super();
-    this.maxQueuedBytes = checkMaxQueuedBytes(options.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES);
+    const soft = checkMaxQueuedBytes(options.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES);
+    const grace = checkSlowTimeout(options.slowTimeout ?? DEFAULT_SLOW_TIMEOUT);
+    const hard = checkHardQueueLimit(options.hardQueueLimit, soft);
+    this.immediateLimit = grace === 0 ? soft : hard;
+    this.limits = { soft, grace, overdue: (state) => this.onOverdue(state as ClientState<Meta>) };
     this.slowPolicy = checkSlowPolicy(options.slowPolicy ?? "close");
     this.flushTimeout = checkFlushTimeout(options.flushTimeout ?? DEFAULT_FLUSH_TIMEOUT);
     this.owner = {
@@ -122,7 +138,7 @@ export class Hub<Meta = Record<string, unknown>> extends EventEmitter<HubEvents<
     if (this.byConn.has(conn)) throw new Error("failed to add a client: the connection is already in the hub");
     const id = options.id;
     if (id !== undefined && this.byId.has(id)) throw new Error(`failed to add a client: id ${JSON.stringify(id)} is taken`);
-    const state = new ClientState<Meta>(conn);
+    const state = new ClientState<Meta>(conn, this.limits);
     const client = new HubClient<Meta>(state, meta ?? ({} as Meta), id, this.owner);
     this.byConn.set(conn, state);
     if (id !== undefined) this.byId.set(id, state);
@@ -177,7 +193,7 @@ export class Hub<Meta = Record<string, unknown>> extends EventEmitter<HubEvents<
    * broadcast frames a message once and queues it to every client (but
    * `except`, and those `filter` refuses), and publishes it on the bus for
    * the other nodes. It never waits: it returns how many local clients it
-   * was queued to. A client whose queue is full gets the slow policy. Pass
+   * was queued to. A client judged slow gets the slow policy. Pass
    * a PreparedMessage to reuse one. Throws a TypeError for a bad type or
    * data; after `close()` it sends nothing and returns 0.
    */
@@ -329,28 +345,44 @@ export class Hub<Meta = Record<string, unknown>> extends EventEmitter<HubEvents<
     return count;
   }
 
-  /** deliver queues `message` to one client, or applies the slow policy. */
+  /**
+   * deliver queues `message` to one client, unless the client is judged
+   * slow (dropping) or the message would pass the immediate limit, which
+   * judges it slow now.
+   */
   private deliver(state: ClientState<Meta>, message: PreparedMessage, size: number): boolean {
     const queue = state.queue;
-    if (!queue.fits(size, this.maxQueuedBytes)) return this.onSlow(state);
-    queue.push(message);
-    this.counters.queued++;
-    return true;
-  }
-
-  private onSlow(state: ClientState<Meta>): false {
-    const queued = state.queue.bytes;
+    if (!queue.slow && queue.fits(size, this.immediateLimit)) {
+      queue.push(message, size);
+      this.counters.queued++;
+      return true;
+    }
     if (this.slowPolicy === "drop") {
       this.counters.dropped++;
-      state.queue.dropped++;
-      if (state.queue.overflowing) return false;
-      state.queue.overflowing = true;
-    } else {
+      queue.dropped++;
+    }
+    if (!queue.slow) this.judgeSlow(state);
+    return false;
+  }
+
+  /** onOverdue is called when a client's queue stayed past maxQueuedBytes for slowTimeout. */
+  private onOverdue(state: ClientState<Meta>): void {
+    if (state.online && !state.queue.slow) this.judgeSlow(state);
+  }
+
+  /** judgeSlow applies the slow policy to a client and reports it. */
+  private judgeSlow(state: ClientState<Meta>): void {
+    const queued = state.queue.bytes;
+    state.queue.judged();
+    if (hubSlowChannel.hasSubscribers) {
+      const message: HubSlowMessage = { client: state.client as HubClient<unknown>, conn: state.conn, queuedBytes: queued, policy: this.slowPolicy };
+      hubSlowChannel.publish(message);
+    }
+    if (this.slowPolicy === "close") {
       this.counters.slowClosed++;
       void this.closeState(state, StatusCode.PolicyViolation, "too slow").catch(noop);
     }
     this.emit("slow", state.client, queued);
-    return false;
   }
 
   private onUnresponsive(state: ClientState<Meta>): void {
@@ -402,6 +434,7 @@ export class Hub<Meta = Record<string, unknown>> extends EventEmitter<HubEvents<
   /** detach takes a client out of the registry and its topics, and drops its queue unless told not to. */
   private detach(state: ClientState<Meta>, dropQueue = true): void {
     if (dropQueue) state.queue.close();
+    else state.queue.stopGrace(); // a client the hub closes is not judged slow any more
     if (!state.online) return;
     state.online = false;
     this.byConn.delete(state.conn);

@@ -3,13 +3,20 @@
  * into settings.
  */
 
+import type { Conn } from "../conn/conn.js";
 import { checkTimeout } from "../internal/waiting.js";
 import type { CloseInfo } from "../protocol/close.js";
 import type { HubBus } from "./bus.js";
 import type { HeartbeatOptions, HubClient } from "./client.js";
 
-/** The default bound on the bytes queued for one client: 1 MiB. */
+/** The default soft bound on the bytes queued for one client: 1 MiB. */
 export const DEFAULT_MAX_QUEUED_BYTES = 1024 * 1024;
+
+/** How long a client's queue may stay past maxQueuedBytes before it is judged slow, by default, in ms. */
+export const DEFAULT_SLOW_TIMEOUT = 1000;
+
+/** The default hardQueueLimit is this many times maxQueuedBytes (16 MiB with the default bound). */
+export const HARD_QUEUE_LIMIT_FACTOR = 16;
 
 /** How long closing lets a client's queue drain before the close frame, by default, in ms. */
 export const DEFAULT_FLUSH_TIMEOUT = 2000;
@@ -18,27 +25,49 @@ export const DEFAULT_FLUSH_TIMEOUT = 2000;
 export const DEFAULT_CHANNEL_PREFIX = "wsconn:hub";
 
 /**
- * SlowPolicy says what happens to a client whose queue is full: "close"
- * closes it with 1008 "too slow", "drop" drops the messages that do not fit
- * (the client misses them, and stays).
+ * SlowPolicy says what happens to a client judged slow (its queue stayed
+ * past `maxQueuedBytes` for `slowTimeout`, or would pass `hardQueueLimit`):
+ * "close" closes it with 1008 "too slow"; "drop" drops the message that
+ * would pass the hard limit and every message that comes while it is judged
+ * slow, until its queue has drained (the client misses them, and stays).
  */
 export type SlowPolicy = "close" | "drop";
 
 /** HubOptions configure a Hub. Every field is optional. */
 export interface HubOptions {
   /**
-   * maxQueuedBytes bounds the bytes (whole frames) queued for one client
-   * and not yet taken by its socket; past it, `slowPolicy` applies. A
-   * message larger than the bound still goes to a client whose queue is
-   * empty. Queued messages are shared between clients, so the memory of a
-   * broadcast is paid once, but a client that falls behind keeps old
-   * messages alive: this bound is what caps it. Messages broadcast in one
-   * synchronous run all count until the event loop lets the sockets take
-   * them, so a burst larger than the bound overflows every client: yield
-   * between large batches. Default 1 MiB.
+   * maxQueuedBytes is the soft bound on the bytes (whole frames) queued for
+   * one client and not yet taken by its socket. Passing it is not slowness
+   * in itself: a burst broadcast in one synchronous run is all queued before
+   * any socket can take it. A client whose queue stays past this bound for
+   * `slowTimeout` is judged slow and `slowPolicy` applies. Default 1 MiB;
+   * `Infinity` turns the time judgement off. Throws a RangeError unless it
+   * is a positive number (Infinity included).
    */
   maxQueuedBytes?: number;
-  /** slowPolicy applies when a client's queue is full. Default "close". */
+  /**
+   * slowTimeout is the grace, in ms, a client's queue may stay past
+   * `maxQueuedBytes` before the client is judged slow; its queue falling
+   * back to the bound ends the grace. It costs one timer per client past the
+   * bound, none for the others. 0 judges a client slow as soon as a message
+   * would take its queue past the bound (a message larger than the bound
+   * still goes to an empty queue); `Infinity` leaves `hardQueueLimit` alone
+   * to judge. Default 1000. Throws a RangeError for a negative number, NaN,
+   * or a finite value over 2^31−1.
+   */
+  slowTimeout?: number;
+  /**
+   * hardQueueLimit is the hard cap on the bytes queued for one client: a
+   * message that would take a non-empty queue past it is not queued, and
+   * the client is judged slow at once, whatever `slowTimeout` says. Queued
+   * messages are shared between clients (the memory of a broadcast is paid
+   * once), so this caps what one slow client keeps alive. A message larger
+   * than the cap still goes to an empty queue. Default 16 × maxQueuedBytes
+   * (16 MiB with the default bound). Throws a RangeError unless it is a
+   * number at least `maxQueuedBytes` (Infinity for no cap).
+   */
+  hardQueueLimit?: number;
+  /** slowPolicy applies to a client judged slow. Default "close". Throws a TypeError for another value. */
   slowPolicy?: SlowPolicy;
   /**
    * flushTimeout bounds, in ms, how long `hub.close()` and `client.close()`
@@ -97,7 +126,7 @@ export interface HubStats {
   queued: number;
   /** Messages dropped under the "drop" policy. */
   dropped: number;
-  /** Clients closed for being too slow. */
+  /** Clients closed for being too slow (1008). */
   slowClosed: number;
   /** Clients closed by the heartbeat. */
   heartbeatClosed: number;
@@ -120,14 +149,42 @@ export interface HubEvents<Meta> {
   open: [client: HubClient<Meta>];
   /** A client's connection ended (not emitted for clients taken back with `remove`). */
   close: [client: HubClient<Meta>, info: CloseInfo];
-  /** A client's queue was full and the slow policy applied: closed, or dropping messages. */
+  /**
+   * A client was judged slow and the slow policy applied: closed, or
+   * dropping messages (once per episode: again only after its queue had
+   * drained). Emitted from the broadcast, publish or send that would have
+   * passed `hardQueueLimit` (a listener that throws makes that call throw),
+   * or from the `slowTimeout` timer (a throw there is an uncaught exception).
+   */
   slow: [client: HubClient<Meta>, queuedBytes: number];
   /** A client missed `maxMissed` heartbeat pings and is being closed with 1011. */
   unresponsive: [client: HubClient<Meta>];
-  /** The bus failed (publish, subscribe, or a malformed message). Without a listener, one process warning is printed. */
+  /**
+   * The bus failed: a publish (dropped while the broker is unreachable), a
+   * subscribe, a lost broker connection, or a malformed message. Without a
+   * listener, one process warning is printed.
+   */
   busError: [error: Error];
 }
 
+/**
+ * HubSlowMessage is what a Hub publishes on the diagnostics channel
+ * `wsconn:hub:slow` (DiagnosticsChannel.HubSlow) when it applies its slow
+ * policy to a client, just before the 'slow' event; it is only built while
+ * the channel has subscribers.
+ */
+export interface HubSlowMessage {
+  /** The client judged slow (a HubClient of any hub). */
+  client: HubClient<unknown>;
+  /** Its connection. */
+  conn: Conn;
+  /** The bytes queued for it when it was judged slow. */
+  queuedBytes: number;
+  /** What happens to it: closed with 1008, or its messages dropped. */
+  policy: SlowPolicy;
+}
+
+/** checkMaxQueuedBytes returns `value` if it is a positive number (Infinity too); otherwise it throws a RangeError. */
 export function checkMaxQueuedBytes(value: number): number {
   if (typeof value !== "number" || Number.isNaN(value) || value <= 0) {
     throw new RangeError(`maxQueuedBytes must be a positive number or Infinity, not ${String(value)}`);
@@ -135,10 +192,29 @@ export function checkMaxQueuedBytes(value: number): number {
   return value;
 }
 
+/**
+ * checkHardQueueLimit returns `value`, or the default for `soft` when it is
+ * undefined. Throws a RangeError unless it is a number at least `soft`.
+ */
+export function checkHardQueueLimit(value: number | undefined, soft: number): number {
+  if (value === undefined) return soft * HARD_QUEUE_LIMIT_FACTOR;
+  if (typeof value !== "number" || Number.isNaN(value) || value < soft) {
+    throw new RangeError(`hardQueueLimit must be a number at least maxQueuedBytes (${soft}), or Infinity, not ${String(value)}`);
+  }
+  return value;
+}
+
+/** checkSlowTimeout returns `value` if it is a usable timeout (0 to 2^31−1 ms, or Infinity); otherwise it throws a RangeError. */
+export function checkSlowTimeout(value: number): number {
+  return checkTimeout("slowTimeout", value);
+}
+
+/** checkFlushTimeout returns `value` if it is a usable timeout; otherwise it throws a RangeError. */
 export function checkFlushTimeout(value: number): number {
   return checkTimeout("flushTimeout", value);
 }
 
+/** checkSlowPolicy returns `value` if it is "close" or "drop"; otherwise it throws a TypeError. */
 export function checkSlowPolicy(value: SlowPolicy): SlowPolicy {
   if (value !== "close" && value !== "drop") throw new TypeError(`slowPolicy must be "close" or "drop", not ${String(value)}`);
   return value;

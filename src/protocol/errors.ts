@@ -92,6 +92,8 @@ export const ErrorCode = {
   WriteQueueFull: "WS_ERR_WRITE_QUEUE_FULL",
   /** A read or write was aborted in the middle of a message (1011). */
   AbortedMidMessage: "WS_ERR_ABORTED_MID_MESSAGE",
+  /** The keepalive ping got no answer (its pong or any other frame) within its timeout (1011). */
+  KeepaliveTimeout: "WS_ERR_KEEPALIVE_TIMEOUT",
   /** The handshake did not finish within handshakeTimeout. */
   HandshakeTimeout: "WS_ERR_HANDSHAKE_TIMEOUT",
   /** The opening handshake was refused or answered wrongly. */
@@ -126,6 +128,7 @@ export const FAILURE_STATUS = {
   [ErrorCode.UnexpectedData]: StatusCode.PolicyViolation,
   [ErrorCode.MessageTooBig]: StatusCode.MessageTooBig,
   [ErrorCode.AbortedMidMessage]: StatusCode.InternalError,
+  [ErrorCode.KeepaliveTimeout]: StatusCode.InternalError,
   [ErrorCode.BudgetExceeded]: StatusCode.TryAgainLater,
 } as const satisfies Partial<Record<ErrorCode, StatusCode>>;
 

@@ -13,6 +13,7 @@ import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { Conn } from "../conn/conn.js";
 import { checkConnOptions, type ConnOptions, DEFAULT_HANDSHAKE_TIMEOUT, type HandshakeTimeouts, InboundBudget } from "../conn/options.js";
+import { handshakeRefusedChannel } from "../internal/diagnostics.js";
 import { isNoTimeout } from "../internal/waiting.js";
 import { codedError, ErrorCode, HandshakeError } from "../protocol/errors.js";
 import { acceptKey, checkCompressionOptions, checkHeaders, type CompressionOptions, hasToken, headerList, isValidKey, selectOffer, settingsFor, singleHeader } from "../protocol/handshake.js";
@@ -36,6 +37,19 @@ export interface AcceptOptions extends ConnOptions, CompressionOptions, Handshak
   checkOrigin?: (req: IncomingMessage) => boolean | Promise<boolean>;
   /** Extra response headers, e.g. Set-Cookie. CR, LF and NUL are refused. */
   headers?: OutgoingHttpHeaders;
+}
+
+/**
+ * The message on the `wsconn:handshake:refused` diagnostics channel: the
+ * server answered an opening handshake with an HTTP error.
+ */
+export interface HandshakeRefusedMessage {
+  /** The request, or undefined when Node's parser refused it (400, 408, 431). */
+  req: IncomingMessage | undefined;
+  /** The HTTP status answered. */
+  status: number;
+  /** Why, as the response body says. */
+  reason: string;
 }
 
 /**
@@ -64,7 +78,7 @@ export async function accept(req: IncomingMessage, socket: Duplex, head: Buffer,
     checkCompressionOptions(options);
     checkConnOptions(options);
   } catch (err) {
-    refuse(sock, 500, "server misconfigured");
+    refuse(req, sock, 500, "server misconfigured");
     throw err;
   }
   const timeout = options.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT;
@@ -85,16 +99,16 @@ export async function accept(req: IncomingMessage, socket: Duplex, head: Buffer,
 
 async function handshake(req: IncomingMessage, socket: Socket, head: Buffer, options: AcceptOptions): Promise<Conn> {
   const problem = validateRequest(req);
-  if (problem) throw refuse(socket, problem.status, problem.message);
+  if (problem) throw refuse(req, socket, problem.status, problem.message);
   let originProblem: string | undefined;
   try {
     originProblem = await checkOrigin(req, options);
   } catch (err) {
     // Answer rather than leave the socket open with no response until the client gives up.
-    refuse(socket, 500, "origin check failed");
+    refuse(req, socket, 500, "origin check failed");
     throw err;
   }
-  if (originProblem) throw refuse(socket, 403, originProblem);
+  if (originProblem) throw refuse(req, socket, 403, originProblem);
   if (socket.destroyed || !socket.writable) {
     throw new HandshakeError("failed to accept: the client went away during the handshake", 0);
   }
@@ -170,7 +184,8 @@ function formatHeaders(headers: OutgoingHttpHeaders | undefined): string {
  * refuse answers an HTTP error and closes the socket; it returns the
  * HandshakeError for accept to reject with.
  */
-function refuse(socket: Socket, status: number, message: string): HandshakeError {
+function refuse(req: IncomingMessage, socket: Socket, status: number, message: string): HandshakeError {
+  if (handshakeRefusedChannel.hasSubscribers) handshakeRefusedChannel.publish({ req, status, reason: message } satisfies HandshakeRefusedMessage);
   const extra: OutgoingHttpHeaders = status === 426 ? { "Sec-WebSocket-Version": "13" } : {};
   if (!socket.destroyed && socket.writable) {
     const body = `${message}\n`;

@@ -8,11 +8,13 @@ import * as https from "node:https";
 import type { Duplex } from "node:stream";
 import type { Conn } from "../conn/conn.js";
 import { checkConnOptions, DEFAULT_HANDSHAKE_TIMEOUT, InboundBudget } from "../conn/options.js";
-import { checkTimeout, isNoTimeout, noop } from "../internal/waiting.js";
+import { handlerErrorChannel, handshakeRefusedChannel } from "../internal/diagnostics.js";
+import { bindAbort, checkTimeout, isNoTimeout, noop } from "../internal/waiting.js";
 import { CloseError } from "../protocol/close.js";
 import { StatusCode } from "../protocol/errors.js";
 import { checkCompressionOptions, checkHeaders, hasToken } from "../protocol/handshake.js";
-import { accept, type AcceptOptions } from "./accept.js";
+import { accept, type AcceptOptions, type HandshakeRefusedMessage } from "./accept.js";
+import { ConnectionTracker, DEFAULT_RETRY_AFTER, type ShutdownOptions, type WebSocketServer } from "./lifecycle.js";
 
 /** The largest request head serve accepts, in bytes (Node's default is 16 KiB). */
 export const SERVE_MAX_HEADER_SIZE = 8 * 1024;
@@ -48,6 +50,29 @@ export interface ServeOptions extends AcceptOptions {
    * closed or dropped) has not failed: that is not reported.
    */
   onError?: (err: unknown, conn: Conn, req: http.IncomingMessage) => void;
+  /**
+   * maxConnections caps the open connections (handshakes under way hold a
+   * place too, so the cap holds however many finish at once). Upgrades past
+   * it are answered 503 with `Retry-After` before any WebSocket is made.
+   * Default `Infinity`. A RangeError for anything but a positive integer or
+   * Infinity.
+   */
+  maxConnections?: number | undefined;
+  /** The Retry-After of a 503 (past maxConnections, or during shutdown), in seconds. Default 5. */
+  retryAfter?: number | undefined;
+  /**
+   * signal shuts the server down gracefully when it aborts, as
+   * `server.shutdown()` does with its defaults (Node's convention for
+   * servers). serve rejects with its reason when it is aborted already.
+   */
+  signal?: AbortSignal | undefined;
+}
+
+/** The message on the `wsconn:handler:error` diagnostics channel: a serve handler threw or rejected. */
+export interface HandlerErrorMessage {
+  error: unknown;
+  conn: Conn;
+  req: http.IncomingMessage;
 }
 
 /**
@@ -61,16 +86,22 @@ export type Handler = (conn: Conn, req: http.IncomingMessage) => void | Promise<
  * that accepts WebSocket upgrades and calls `handler` for each connection. It
  * sets safe limits: a request head must arrive within `headersTimeout`, be at
  * most `maxHeaderSize` bytes with at most 64 headers; plain HTTP requests are
- * answered 426 Upgrade Required. Resolves with the listening server; close it
- * with `server.close()`, which leaves open connections to you (close them,
- * or use a Hub). Rejects if the server cannot listen, and with a RangeError,
- * TypeError or coded error for invalid options, before listening.
+ * answered 426 Upgrade Required. Resolves with the listening server, which
+ * holds its open connections in `server.conns`; `server.shutdown()` (or
+ * aborting `signal`) closes them all with 1001 and stops the server, while
+ * `server.close()` stops listening and leaves open connections to you.
+ * Rejects if the server cannot listen, with the signal's reason when it is
+ * aborted already, and with a RangeError, TypeError or coded error for
+ * invalid options, before listening.
  */
-export async function serve(options: ServeOptions, handler: Handler): Promise<http.Server> {
+export async function serve(options: ServeOptions, handler: Handler): Promise<WebSocketServer> {
   // Misconfiguration fails here, before listening, not as a 500 on every upgrade.
   checkHeaders(options.headers);
   checkCompressionOptions(options);
   checkConnOptions(options);
+  const maxConnections = checkMaxConnections(options.maxConnections ?? Infinity);
+  const retryAfter = checkRetryAfter(options.retryAfter ?? DEFAULT_RETRY_AFTER);
+  options.signal?.throwIfAborted();
   const timeout = checkTimeout("headersTimeout", options.headersTimeout ?? options.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT);
   // node:http takes 0 for none, and refuses Infinity.
   const nodeTimeout = isNoTimeout(timeout) ? 0 : timeout;
@@ -84,12 +115,16 @@ export async function serve(options: ServeOptions, handler: Handler): Promise<ht
   };
   // One budget for all of this server's connections, checked before listening.
   const acceptOptions: ServeOptions = { ...options, inboundBudget: options.inboundBudget ?? InboundBudget.shared };
-  const server = options.tls ? https.createServer({ ...serverOptions, ...options.tls }) : http.createServer(serverOptions);
+  const server = (options.tls ? https.createServer({ ...serverOptions, ...options.tls }) : http.createServer(serverOptions)) as http.Server;
   server.maxHeadersCount = SERVE_MAX_HEADERS;
+  const tracker = new ConnectionTracker(server, maxConnections);
+  const lifecycle = server as WebSocketServer;
+  Object.defineProperty(lifecycle, "conns", { value: tracker.conns, enumerable: true });
+  lifecycle.shutdown = (shutdownOptions?: ShutdownOptions) => tracker.shutdown(shutdownOptions);
   server.on("request", answerPlainRequest);
   server.on("clientError", (err: Error & { code?: string }, socket: Duplex) => refuseMalformed(err, socket));
   server.on("upgrade", (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
-    void upgrade(req, socket, head, acceptOptions, handler);
+    void upgrade(req, socket, head, acceptOptions, handler, tracker, retryAfter);
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
@@ -98,23 +133,45 @@ export async function serve(options: ServeOptions, handler: Handler): Promise<ht
       resolve();
     });
   });
-  return server;
+  const signal = options.signal;
+  if (signal !== undefined) {
+    const shutdown = (): void => void tracker.shutdown().catch(noop);
+    if (signal.aborted) shutdown();
+    else server.once("close", bindAbort(signal, shutdown));
+  }
+  return lifecycle;
 }
 
-async function upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer, options: ServeOptions, handler: Handler): Promise<void> {
+async function upgrade(
+  req: http.IncomingMessage,
+  socket: Duplex,
+  head: Buffer,
+  options: ServeOptions,
+  handler: Handler,
+  tracker: ConnectionTracker,
+  retryAfter: number,
+): Promise<void> {
   socket.on("error", destroySocket);
   if (options.path !== undefined && pathOf(req.url) !== options.path) {
-    socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", () => socket.destroy());
+    refuseUpgrade(req, socket, 404, "no WebSocket at this path", "");
+    return;
+  }
+  const full = tracker.admit(socket);
+  if (full !== undefined) {
+    refuseUpgrade(req, socket, 503, full, `Retry-After: ${retryAfter}\r\n`);
     return;
   }
   let conn: Conn;
   try {
     conn = await accept(req, socket, head, options);
   } catch {
+    tracker.failed(socket);
     return; // accept answered the HTTP error already
   }
   // The connection handles socket errors from now on.
   socket.off("error", destroySocket);
+  // During a shutdown the connection is closed at once, and no handler sees it.
+  if (!tracker.opened(socket, conn)) return;
   let result: void | Promise<void>;
   try {
     result = handler(conn, req);
@@ -143,6 +200,7 @@ function onRejected(conn: Conn, req: http.IncomingMessage | undefined, onError: 
 function failHandler(err: unknown, conn: Conn, req: http.IncomingMessage, onError: ServeOptions["onError"]): void {
   if (err instanceof CloseError && conn.closing) return;
   conn.close(StatusCode.InternalError, "handler failed").catch(noop);
+  if (handlerErrorChannel.hasSubscribers) handlerErrorChannel.publish({ error: err, conn, req } satisfies HandlerErrorMessage);
   if (onError === undefined) return reportOnce(err);
   try {
     onError(err, conn, req);
@@ -174,7 +232,33 @@ function pathOf(url: string | undefined): string {
   return q < 0 ? path : path.slice(0, q);
 }
 
+/** refuseUpgrade answers an upgrade request with an HTTP error before any handshake, and reports it. */
+function refuseUpgrade(req: http.IncomingMessage, socket: Duplex, status: number, reason: string, extraHeaders: string): void {
+  if (handshakeRefusedChannel.hasSubscribers) handshakeRefusedChannel.publish({ req, status, reason } satisfies HandshakeRefusedMessage);
+  const body = `${reason}\n`;
+  socket.end(
+    `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nConnection: close\r\n${extraHeaders}` +
+      `Content-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+    () => socket.destroy(),
+  );
+}
+
+function checkMaxConnections(value: number): number {
+  if (value !== Infinity && !(Number.isInteger(value) && value > 0)) {
+    throw new RangeError(`maxConnections must be a positive integer or Infinity, not ${String(value)}`);
+  }
+  return value;
+}
+
+function checkRetryAfter(value: number): number {
+  if (!Number.isInteger(value) || value < 0) throw new RangeError(`retryAfter must be a whole number of seconds, not ${String(value)}`);
+  return value;
+}
+
 function answerPlainRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
+  if (handshakeRefusedChannel.hasSubscribers) {
+    handshakeRefusedChannel.publish({ req, status: 426, reason: "not a WebSocket upgrade" } satisfies HandshakeRefusedMessage);
+  }
   const body = hasToken(req.headers.upgrade, "websocket")
     ? "WebSocket upgrade requests must use GET with Connection: Upgrade\n"
     : "this endpoint speaks WebSocket only\n";
@@ -188,5 +272,8 @@ function refuseMalformed(err: Error & { code?: string }, socket: Duplex): void {
   const status =
     err.code === "HPE_HEADER_OVERFLOW" ? 431 : err.code === "ERR_HTTP_REQUEST_TIMEOUT" ? 408 : 400;
   const text = http.STATUS_CODES[status];
+  if (handshakeRefusedChannel.hasSubscribers) {
+    handshakeRefusedChannel.publish({ req: undefined, status, reason: err.message } satisfies HandshakeRefusedMessage);
+  }
   socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`, () => socket.destroy());
 }

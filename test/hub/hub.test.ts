@@ -230,7 +230,9 @@ t.test("client.send and client.close", async (t) => {
 });
 
 t.test("slow policy 'drop': new messages are dropped, 'slow' once per episode", async (t) => {
-  const fx = await fixture(t, { maxQueuedBytes: 100, slowPolicy: "drop" });
+  // slowTimeout 0: judged as soon as a message would pass the bound (the
+  // grace and the hard cap are test/hub/burst.test.ts's).
+  const fx = await fixture(t, { maxQueuedBytes: 100, slowPolicy: "drop", slowTimeout: 0 });
   const a = await fx.join();
   const b = await fx.join();
   // Hold a's write side with a message writer: the hub's queue cannot drain.
