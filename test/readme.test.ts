@@ -99,3 +99,19 @@ t.test("netConn upper-case echo", async (t) => {
   await conn.close();
   t.equal((await conn.closed).code, 1000);
 });
+
+t.test("the production server shuts down on SIGTERM with 1001 to its clients", async (t) => {
+  const port = await freePort();
+  const server = run("production-server", block("server.shutdown("), port);
+  t.teardown(() => void server.kill());
+  const conn = await dialWhenUp(port, server);
+  await conn.write(MessageType.Text, "still here");
+  t.equal((await conn.read()).text(), "still here", "it echoes");
+  const exited = output(server);
+  const closing = conn.read().catch((err: unknown) => err);
+  server.kill("SIGTERM");
+  t.match(await closing, { code: 1001, remote: true }, "the client got 1001");
+  const result = await exited;
+  t.equal(result.code, 0, "the process exits by itself once everything is closed");
+  t.equal(result.stdout, "shut down, 0 connections left\n");
+});
