@@ -245,3 +245,55 @@ t.test("bad keepalive and idleTimeout options are refused before any connection"
   t.type(await refused, RangeError, "accept rejects with the RangeError");
   t.match(await answer, { status: 500 }, "and the client got 500");
 });
+
+t.test("against ws: a ws client answers the keepalive, a paused one is ended with 1011", async (t) => {
+  const { WebSocket } = await import("ws");
+  const { port, first } = await serverWith(t, { keepalive: { interval: 40, timeout: 150 }, closeTimeout: 100 });
+  const healthy = new WebSocket(`ws://127.0.0.1:${port}`);
+  t.teardown(() => healthy.terminate());
+  let pings = 0;
+  const fivePings = new Promise<void>((resolve) => healthy.on("ping", () => ++pings === 5 && resolve()));
+  const healthyConn = await first;
+  await fivePings;
+  t.equal(await Promise.race([healthyConn.closed.then(() => "closed"), Promise.resolve("open")]), "open", "ws answered five pings");
+  healthy.close(1000);
+  t.equal((await healthyConn.closed).code, StatusCode.NormalClosure);
+
+  const { port: port2, first: second } = await serverWith(t, { keepalive: { interval: 40, timeout: 150 }, closeTimeout: 100 });
+  const frozen = new WebSocket(`ws://127.0.0.1:${port2}`);
+  t.teardown(() => frozen.terminate());
+  await new Promise((resolve) => frozen.once("open", resolve));
+  frozen.pause();
+  const frozenConn = await second;
+  const info = await frozenConn.closed;
+  t.equal(info.code, StatusCode.InternalError, "a ws client that stopped reading is ended with 1011");
+});
+
+t.test("against ws: dial's keepalive stays up with a ws server and ends a paused one", async (t) => {
+  const { WebSocketServer } = await import("ws");
+  const wss = new WebSocketServer({ host: "127.0.0.1", port: 0 });
+  await new Promise((resolve) => wss.once("listening", resolve));
+  t.teardown(() => {
+    for (const ws of wss.clients) ws.terminate();
+    return new Promise((resolve) => wss.close(resolve));
+  });
+  const port = (wss.address() as import("node:net").AddressInfo).port;
+  const serverSockets: import("ws").WebSocket[] = [];
+  wss.on("connection", (ws) => serverSockets.push(ws));
+  let pongs = 0;
+  let sawFive!: () => void;
+  const fivePongs = new Promise<void>((resolve) => (sawFive = resolve));
+  const client = await dial(`ws://127.0.0.1:${port}`, {
+    keepalive: { interval: 40, timeout: 150 },
+    closeTimeout: 100,
+    onPong: () => void (++pongs === 5 && sawFive()),
+  });
+  t.teardown(() => client.closeNow());
+  await Promise.race([fivePongs, client.closed]);
+  t.equal(pongs, 5, "ws answered five keepalive pings");
+  t.equal(await Promise.race([client.closed.then(() => "closed"), Promise.resolve("open")]), "open");
+  serverSockets[0]!.pause();
+  const info = await client.closed;
+  t.equal(info.code, StatusCode.InternalError, "a paused ws server connection is ended with 1011");
+  t.match(info.reason, /keepalive/);
+});
