@@ -297,3 +297,25 @@ t.test("against ws: dial's keepalive stays up with a ws server and ends a paused
   t.equal(info.code, StatusCode.InternalError, "a paused ws server connection is ended with 1011");
   t.match(info.reason, /keepalive/);
 });
+
+t.test("a peer is not blamed while the application leaves what it sent unread", async (t) => {
+  const interval = 50;
+  const timeout = 50;
+  const { port, first } = await serverWith(t, { keepalive: { interval, timeout }, closeTimeout: 100 });
+  const peer = await rawConnect(port);
+  t.teardown(() => peer.destroy());
+  const conn = await first;
+  // 12 × 30 KiB: past the 256 KiB of unread data at which the socket is paused.
+  const payload = Buffer.alloc(30 * 1024, 1);
+  await peer.send(Array.from({ length: 12 }, () => ({ opcode: Op.Binary, payload })));
+  // Ten keepalive periods with the socket paused for the reader: no verdict.
+  const verdict = await Promise.race([
+    conn.closed.then(() => "closed"),
+    new Promise((resolve) => setTimeout(resolve, 10 * (interval + timeout), "open")),
+  ]);
+  t.equal(verdict, "open", "the connection stays while its data waits for the application");
+  for (let i = 0; i < 12; i++) t.equal((await conn.read()).data.length, payload.length);
+  // Read, the socket resumes, and the silent peer is judged again.
+  const info = await conn.closed;
+  t.equal(info.code, StatusCode.InternalError, "then the peer that answers nothing is ended");
+});
