@@ -8,25 +8,16 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import * as net from "node:net";
 import { join } from "node:path";
 import t from "tap";
 import { dial, MessageType } from "../src/index.js";
+import { freePort } from "./helpers/peers.js";
 import { ROOT } from "./helpers/root.js";
 
 const root = ROOT;
 const blocks = [...readFileSync(join(root, "README.md"), "utf8").matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]!);
 const dir = mkdtempSync(join(root, ".readme-test-"));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-
-async function freePort(): Promise<number> {
-  const server = net.createServer().listen(0, "127.0.0.1");
-  await once(server, "listening");
-  const port = (server.address() as net.AddressInfo).port;
-  server.close();
-  await once(server, "close");
-  return port;
-}
 
 function run(name: string, code: string, port: number): ChildProcess {
   const file = join(dir, `${name}.mjs`);

@@ -20,13 +20,7 @@ import { CloseHandshake } from "./close-handshake.js";
 import { compressedVariant, type FrameVariant, MessageDeflater, PLAIN_VARIANT } from "./deflate.js";
 import { Inbound, listenTo, PingTracker, RareState, type SocketOwner } from "./inbound.js";
 import { Liveness, type LivenessHost, livenessSettings } from "./liveness.js";
-import {
-  checkLevel,
-  checkLimit,
-  type ConnInit,
-  DEFAULT_COMPRESSION_LEVEL,
-  DEFAULT_READ_LIMIT,
-} from "./options.js";
+import { checkLevel, checkLimit, type ConnInit, DEFAULT_COMPRESSION_LEVEL, DEFAULT_READ_LIMIT } from "./options.js";
 import { type Message, MessageIterator, ReadSide, type StreamedMessage } from "./read.js";
 import { type MessageData, type PreparedMessage, WriteSide } from "./write.js";
 
@@ -61,8 +55,8 @@ export class Conn implements AsyncIterable<Message>, LivenessHost, SocketOwner {
   private rareState: RareState | undefined;
   /** The keepalive and idle timeout, when either is on. */
   private readonly liveness: Liveness | undefined;
-  /** @internal Told when the socket closes: the server that holds this connection. */
-  closeWatcher: { connClosed(conn: Conn): void } | undefined;
+  /** Told when the socket closes: the server that holds this connection (watchClose). */
+  private closeWatcher: CloseWatcher | undefined;
 
   /**
    * The constructor is internal: connections come from accept and dial. It
@@ -401,6 +395,16 @@ export class Conn implements AsyncIterable<Message>, LivenessHost, SocketOwner {
     return (this.rareState ??= new RareState());
   }
 
+  /**
+   * @internal
+   * watchClose has `watcher` told once the socket is closed: at once when it
+   * is already (a socket may close while accept is still busy).
+   */
+  watchClose(watcher: CloseWatcher): void {
+    if (this.handshake.info !== undefined) watcher.connClosed(this);
+    else this.closeWatcher = watcher;
+  }
+
   // ---- LivenessHost ----
 
   /** @internal */
@@ -498,6 +502,8 @@ export class Conn implements AsyncIterable<Message>, LivenessHost, SocketOwner {
 
   /** @internal The socket is closed: settle everything. */
   onSocketClose(): void {
+    // Once: a socket destroyed before attachSocket may also still emit 'close'.
+    if (this.handshake.info !== undefined) return;
     this.inbound.failNowIfPending();
     this.inbound.release();
     this.writes.compression?.deflater.release();
@@ -507,6 +513,11 @@ export class Conn implements AsyncIterable<Message>, LivenessHost, SocketOwner {
       connCloseChannel.publish({ conn: this, info: this.handshake.info!, error: this.handshake.error! } satisfies ConnCloseMessage);
     }
   }
+}
+
+/** What watchClose tells when the socket of `conn` is closed. */
+export interface CloseWatcher {
+  connClosed(conn: Conn): void;
 }
 
 /** The message on the `wsconn:conn:open` diagnostics channel: a connection opened. */

@@ -123,8 +123,8 @@ export class Liveness {
     this.timer = undefined;
   }
 
-  /** check runs when the timer fires: it acts on what is due and re-arms for the next deadline. */
-  private check(): void {
+  /** @internal check runs when the timer fires: it acts on what is due and re-arms for the next deadline. */
+  check(): void {
     this.timer = undefined;
     if (this.stopped) return;
     const now = performance.now();
@@ -166,14 +166,9 @@ export class Liveness {
     this.timer = setTimeout(onLivenessTimer, delay, this);
     this.timer.unref();
   }
-
-  /** @internal The timer's entry point. */
-  static fire(liveness: Liveness): void {
-    liveness.check();
-  }
 }
 
 /** One shared timer callback: no closure per connection. */
 function onLivenessTimer(liveness: Liveness): void {
-  Liveness.fire(liveness);
+  liveness.check();
 }

@@ -185,9 +185,8 @@ export class RedisBus implements HubBus {
    * called.
    */
   watch(onError: (err: Error) => void): () => void {
-    const watcher = (err: Error): void => onError(err);
-    this.watchers.add(watcher);
-    return () => void this.watchers.delete(watcher);
+    this.watchers.add(onError);
+    return () => void this.watchers.delete(onError);
   }
 
   private want(channel: string, listener: BusListener): Subscription {

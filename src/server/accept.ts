@@ -181,12 +181,14 @@ function formatHeaders(headers: OutgoingHttpHeaders | undefined): string {
 }
 
 /**
- * refuse answers an HTTP error and closes the socket; it returns the
- * HandshakeError for accept to reject with.
+ * refuse answers an opening handshake with an HTTP error (`message` as its
+ * body, with `headers`), closes the socket and publishes the refusal on the
+ * diagnostics channel; it returns the HandshakeError for accept to reject
+ * with. serve answers its own refusals (404, 503) with it too.
  */
-function refuse(req: IncomingMessage, socket: Socket, status: number, message: string): HandshakeError {
+export function refuse(req: IncomingMessage, socket: Duplex, status: number, message: string, headers: OutgoingHttpHeaders = {}): HandshakeError {
   if (handshakeRefusedChannel.hasSubscribers) handshakeRefusedChannel.publish({ req, status, reason: message } satisfies HandshakeRefusedMessage);
-  const extra: OutgoingHttpHeaders = status === 426 ? { "Sec-WebSocket-Version": "13" } : {};
+  const extra: OutgoingHttpHeaders = status === 426 ? { ...headers, "Sec-WebSocket-Version": "13" } : headers;
   if (!socket.destroyed && socket.writable) {
     const body = `${message}\n`;
     socket.end(

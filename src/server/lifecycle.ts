@@ -6,7 +6,7 @@
 
 import type * as http from "node:http";
 import type { Duplex } from "node:stream";
-import type { Conn } from "../conn/conn.js";
+import type { CloseWatcher, Conn } from "../conn/conn.js";
 import { DEFAULT_CLOSE_TIMEOUT } from "../conn/options.js";
 import { checkTimeout, noop, startTimer } from "../internal/waiting.js";
 import { encodeClosePayload } from "../protocol/close.js";
@@ -61,7 +61,7 @@ interface Closing {
  * finish together; refused upgrades are answered before any WebSocket is
  * made and take no place.
  */
-export class ConnectionTracker {
+export class ConnectionTracker implements CloseWatcher {
   readonly conns = new Set<Conn>();
   /** Sockets whose handshake is under way. */
   private readonly handshaking = new Set<Duplex>();
@@ -74,11 +74,6 @@ export class ConnectionTracker {
     private readonly server: http.Server,
     private readonly maxConnections: number,
   ) {}
-
-  /** True once shutdown began. */
-  get shuttingDown(): boolean {
-    return this.closing !== undefined;
-  }
 
   /** admit reserves a place for the handshake on `socket`, or returns why it cannot have one. */
   admit(socket: Duplex): string | undefined {
@@ -101,15 +96,13 @@ export class ConnectionTracker {
   opened(socket: Duplex, conn: Conn): boolean {
     this.handshaking.delete(socket);
     this.conns.add(conn);
-    // A socket closed already during accept has told nobody: watch `closed` instead.
-    if (conn.closing) void conn.closed.then(() => this.connClosed(conn));
-    else conn.closeWatcher = this;
+    conn.watchClose(this);
     if (this.closing === undefined) return true;
     conn.close(this.closing.code, this.closing.reason).catch(noop);
     return false;
   }
 
-  /** @internal A connection's socket closed (Conn.closeWatcher). */
+  /** @internal A connection's socket closed (CloseWatcher). */
   connClosed(conn: Conn): void {
     this.conns.delete(conn);
     this.checkEmpty();

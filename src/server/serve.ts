@@ -13,7 +13,7 @@ import { bindAbort, checkTimeout, isNoTimeout, noop } from "../internal/waiting.
 import { CloseError } from "../protocol/close.js";
 import { StatusCode } from "../protocol/errors.js";
 import { checkCompressionOptions, checkHeaders, hasToken } from "../protocol/handshake.js";
-import { accept, type AcceptOptions, type HandshakeRefusedMessage } from "./accept.js";
+import { accept, type AcceptOptions, type HandshakeRefusedMessage, refuse } from "./accept.js";
 import { ConnectionTracker, DEFAULT_RETRY_AFTER, type ShutdownOptions, type WebSocketServer } from "./lifecycle.js";
 
 /** The largest request head serve accepts, in bytes (Node's default is 16 KiB). */
@@ -153,12 +153,12 @@ async function upgrade(
 ): Promise<void> {
   socket.on("error", destroySocket);
   if (options.path !== undefined && pathOf(req.url) !== options.path) {
-    refuseUpgrade(req, socket, 404, "no WebSocket at this path", "");
+    refuse(req, socket, 404, "no WebSocket at this path");
     return;
   }
   const full = tracker.admit(socket);
   if (full !== undefined) {
-    refuseUpgrade(req, socket, 503, full, `Retry-After: ${retryAfter}\r\n`);
+    refuse(req, socket, 503, full, { "Retry-After": retryAfter });
     return;
   }
   let conn: Conn;
@@ -230,17 +230,6 @@ function pathOf(url: string | undefined): string {
   const path = url ?? "/";
   const q = path.indexOf("?");
   return q < 0 ? path : path.slice(0, q);
-}
-
-/** refuseUpgrade answers an upgrade request with an HTTP error before any handshake, and reports it. */
-function refuseUpgrade(req: http.IncomingMessage, socket: Duplex, status: number, reason: string, extraHeaders: string): void {
-  if (handshakeRefusedChannel.hasSubscribers) handshakeRefusedChannel.publish({ req, status, reason } satisfies HandshakeRefusedMessage);
-  const body = `${reason}\n`;
-  socket.end(
-    `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nConnection: close\r\n${extraHeaders}` +
-      `Content-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
-    () => socket.destroy(),
-  );
 }
 
 function checkMaxConnections(value: number): number {

@@ -5,7 +5,7 @@ import t, { type Test } from "tap";
 import { type CloseInfo, type Conn, dial, MessageType } from "../../src/index.js";
 import { buildCli, type BuiltCli, type CliProcess, runCli, startCli } from "../helpers/cli-process.js";
 import { startProxy } from "../helpers/connect-proxy.js";
-import { echo, startServer, type TestServer } from "../helpers/peers.js";
+import { echo, freePort, startServer, type TestServer } from "../helpers/peers.js";
 
 // About thirty child processes and a build: more than the default budget on a busy machine.
 t.setTimeout(300_000);
@@ -390,10 +390,3 @@ function talk(port: number, lines: string[]): Promise<{ data: string; error: str
   });
 }
 
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const port = (server.address() as AddressInfo).port;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}

@@ -13,6 +13,7 @@ import t, { type Test } from "tap";
 import { main, startTunnelClient, startTunnelServer, type Tunnel } from "../../docs/examples/tunnel.js";
 import { closeStatus } from "../../src/index.js";
 import { memorySample } from "../helpers/deflate-peer.js";
+import { freePort } from "../helpers/peers.js";
 
 /** startTarget runs a TCP server whose connections `onSocket` handles. */
 async function startTarget(t: Test, onSocket: (s: net.Socket) => void): Promise<number> {
@@ -169,16 +170,6 @@ t.test("an unreachable target closes the client's connection", async (t) => {
     "the server reports the refusal, the client the WebSocket's close with 1014 (bad gateway)",
   );
 });
-
-/** freePort returns a port nothing listens on (it was free a moment ago). */
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  const port = (server.address() as net.AddressInfo).port;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 t.test("main runs both ends from command-line arguments", async (t) => {
   const targetPort = await startTarget(t, (s) => s.pipe(s));

@@ -1,4 +1,3 @@
-import * as http from "node:http";
 import * as net from "node:net";
 import type { AddressInfo } from "node:net";
 import t from "tap";
@@ -6,7 +5,7 @@ import { type DialTarget, noProxyMatches, proxyFor } from "../../src/client/prox
 import { type Conn, dial, HandshakeError, serve } from "../../src/index.js";
 import { makeCert } from "../helpers/cert.js";
 import { startProxy } from "../helpers/connect-proxy.js";
-import { echo, roundTrip, startServer } from "../helpers/peers.js";
+import { echo, freePort, roundTrip, startServer } from "../helpers/peers.js";
 
 const cert = makeCert();
 
@@ -229,11 +228,3 @@ function target(host: string, port: number, secure: boolean): DialTarget {
   return { host, port, secure, path: "/", socketPath: undefined };
 }
 
-/** freePort returns a port nothing listens on (it was just released). */
-async function freePort(): Promise<number> {
-  const server = http.createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const port = (server.address() as AddressInfo).port;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}

@@ -98,3 +98,12 @@ export async function roundTrip(conn: Conn, text: string): Promise<string> {
   await conn.close();
   return answer;
 }
+
+/** freePort returns a TCP port on 127.0.0.1 that was free a moment ago, for a process that must pick its own. */
+export async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}

@@ -7,9 +7,8 @@
 
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { once } from "node:events";
-import * as net from "node:net";
-import type { AddressInfo } from "node:net";
 import type { Test } from "tap";
+import { freePort } from "./peers.js";
 
 const probe = spawnSync("redis-server", ["--version"], { encoding: "utf8" });
 
@@ -31,15 +30,6 @@ export interface RedisServer {
   kill(): Promise<void>;
   /** start starts redis-server again on the same port; it resolves once it accepts connections. */
   start(): Promise<void>;
-}
-
-/** freePort returns a TCP port on 127.0.0.1 that was free a moment ago. */
-export async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 /** startRedis runs redis-server on a free port; whatever process is running when `t` ends is stopped. */

@@ -5,56 +5,11 @@
  * with a message saying so, only when the redis-server binary is absent.
  */
 
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { once } from "node:events";
-import * as net from "node:net";
-import type { AddressInfo } from "node:net";
 import { createClient } from "redis";
 import t, { type Test } from "tap";
 import { MessageType, RedisBus } from "../../src/index.js";
 import { hubNode, type HubNode, texts } from "../helpers/hub-node.js";
-
-const probe = spawnSync("redis-server", ["--version"], { encoding: "utf8" });
-const missing = probe.error !== undefined || probe.status !== 0;
-if (missing) {
-  process.stderr.write(
-    "\n*** redis-server not found: the RedisBus test is SKIPPED (install it: apt-get install -y redis-server) ***\n\n",
-  );
-}
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
-
-/** startRedis runs redis-server on a free port until the test ends. */
-async function startRedis(t: Test): Promise<string> {
-  const port = await freePort();
-  const proc: ChildProcess = spawn(
-    "redis-server",
-    ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-    { stdio: ["ignore", "pipe", "pipe"] },
-  );
-  t.teardown(async () => {
-    if (proc.exitCode === null) {
-      const exited = once(proc, "exit");
-      proc.kill("SIGTERM");
-      await exited;
-    }
-  });
-  let log = "";
-  await new Promise<void>((resolve, reject) => {
-    proc.stdout!.on("data", (chunk: Buffer) => {
-      log += chunk.toString();
-      if (log.includes("Ready to accept connections")) resolve();
-    });
-    proc.once("exit", (code) => reject(new Error(`redis-server exited with ${code}: ${log}`)));
-  });
-  return `redis://127.0.0.1:${port}`;
-}
+import { redisMissing, startRedis } from "../helpers/redis-server.js";
 
 /** redisBus connects a publisher and a subscriber client and wraps them. */
 async function redisBus(t: Test, url: string): Promise<RedisBus> {
@@ -80,9 +35,9 @@ async function node(t: Test, bus: RedisBus, nodeId: string): Promise<Node> {
 
 t.test(
   "two hubs share a topic and broadcasts through Redis pub/sub",
-  { skip: missing ? "redis-server is not installed (apt-get install -y redis-server)" : false },
+  { skip: redisMissing },
   async (t) => {
-    const url = await startRedis(t);
+    const { url } = await startRedis(t);
     const A = await node(t, await redisBus(t, url), "node-a");
     const B = await node(t, await redisBus(t, url), "node-b");
     const a1 = await A.join(["room"]);
