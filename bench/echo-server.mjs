@@ -5,17 +5,22 @@
  *              for its pure-JS paths, or without them for bufferutil + utf-8-validate)
  *   tcp        node:net, 4-byte length-prefixed messages, the echoes of one read
  *              corked into one write: the ceiling
- * Usage: node echo-server.mjs <kind>. Commands: memory { expect }; cpu (µs of CPU used so far).
+ * Usage: node echo-server.mjs <kind> [options JSON]: the JSON object (e.g.
+ * '{"compression":"no-context-takeover"}' for wsconn, '{"perMessageDeflate":{}}'
+ * for ws) is merged into serve's or WebSocketServer's options and reported in
+ * `ready`. Commands: memory { expect }; cpu (µs of CPU used so far).
  * Listens on 127.0.0.1 only, on a free port it reports in `ready`.
  */
 
 import { createRequire } from "node:module";
 import { createServer } from "node:net";
 import { distUrl, serveCommands } from "./lib/ipc.mjs";
+import { mergeOptions } from "./lib/options.mjs";
 
 const require = createRequire(import.meta.url);
 const MAX_MESSAGE = 2 * 1024 * 1024;
 const kind = process.argv[2];
+const extraOptions = process.argv[3] ? JSON.parse(process.argv[3]) : {};
 let open = 0;
 
 const servers = { wsconn: startWsconn, ws: startWs, tcp: startTcp };
@@ -36,7 +41,8 @@ serveCommands(
 
 async function startWsconn() {
   const { serve, MessageType } = await import(distUrl("index.js"));
-  const server = await serve({ host: "127.0.0.1", port: 0, readLimit: MAX_MESSAGE }, async (conn) => {
+  const options = mergeOptions({ host: "127.0.0.1", port: 0, readLimit: MAX_MESSAGE }, extraOptions);
+  const server = await serve(options, async (conn) => {
     open++;
     try {
       for await (const msg of conn) await conn.write(msg.type === MessageType.Text ? MessageType.Text : MessageType.Binary, msg.data);
@@ -46,12 +52,13 @@ async function startWsconn() {
       open--;
     }
   });
-  return { port: server.address().port, close: () => server.close() };
+  return { port: server.address().port, close: () => server.close(), info: { options } };
 }
 
 async function startWs() {
   const { WebSocketServer } = require("ws");
-  const wss = new WebSocketServer({ host: "127.0.0.1", port: 0, maxPayload: MAX_MESSAGE, perMessageDeflate: false });
+  const options = mergeOptions({ host: "127.0.0.1", port: 0, maxPayload: MAX_MESSAGE, perMessageDeflate: false }, extraOptions);
+  const wss = new WebSocketServer(options);
   wss.on("connection", (ws) => {
     open++;
     ws.on("message", (data, isBinary) => ws.send(data, { binary: isBinary }));
@@ -59,7 +66,7 @@ async function startWs() {
     ws.on("close", () => open--);
   });
   await new Promise((resolve) => wss.on("listening", resolve));
-  return { port: wss.address().port, close: () => wss.close(), info: wsHelpers() };
+  return { port: wss.address().port, close: () => wss.close(), info: { ...wsHelpers(), options } };
 }
 
 /**

@@ -7,6 +7,11 @@
  *   idle { port, count } / release: opens and holds idle WebSocket connections.
  * Clients: "raw" (bench/lib/wire.mjs: frames built once; proto "ws" or "len"),
  * "wsconn" (wsconn's dial) and "ws" (ws's WebSocket).
+ * For the compression suite, echo also takes `text` (send JSON-like text
+ * messages of exactly `size` bytes, 64 variants in turn, instead of one
+ * random binary payload), `deflate` (ws's perMessageDeflate client option)
+ * and `dialOptions` (merged into wsconn's dial options), and reports the
+ * extensions the server agreed to and, for ws, the bytes read per echo.
  * Connects to 127.0.0.1 only.
  */
 
@@ -14,10 +19,12 @@ import { randomBytes } from "node:crypto";
 import { createRequire } from "node:module";
 import { performance } from "node:perf_hooks";
 import { distUrl, serveCommands } from "./lib/ipc.mjs";
+import { jsonText } from "./lib/text.mjs";
 import { connectRaw, encodeMessage, MessageCounter } from "./lib/wire.mjs";
 
 const require = createRequire(import.meta.url);
 const MAX_SAMPLES = 1_000_000;
+const TEXT_VARIANTS = 64;
 const idle = [];
 
 serveCommands({ echo, idle: openIdle, release: releaseIdle });
@@ -25,9 +32,11 @@ serveCommands({ echo, idle: openIdle, release: releaseIdle });
 const clients = { raw: openRaw, wsconn: openWsconn, ws: openWs };
 
 async function echo(p) {
-  const payload = randomBytes(p.size);
+  if (p.text && p.client === "raw") throw new Error("the raw client sends one binary payload; text needs client ws or wsconn");
+  const payloads = p.text ? Array.from({ length: TEXT_VARIANTS }, (_, i) => jsonText(p.size, i)) : [randomBytes(p.size)];
   const open = clients[p.client];
-  const conns = await Promise.all(Array.from({ length: p.conns }, () => open(p, payload)));
+  const conns = await Promise.all(Array.from({ length: p.conns }, (_, i) => open(p, payloads[0], new Cycle(payloads, i * 7))));
+  const readBefore = conns.reduce((n, c) => n + (c.bytesRead?.() ?? NaN), 0);
   const cpuStart = process.cpuUsage();
   const run = new EchoRun(p.inflight);
   for (const c of conns) run.drive(c);
@@ -37,8 +46,25 @@ async function echo(p) {
   const result = run.stopMeasuring();
   await run.drained(5000);
   const cpu = process.cpuUsage(cpuStart);
+  const wireBytesPerMsg = (conns.reduce((n, c) => n + (c.bytesRead?.() ?? NaN), 0) - readBefore) / run.total;
+  const extensions = [...new Set(conns.map((c) => c.extensions ?? ""))];
+  const badEchoes = conns.reduce((n, c) => n + (c.bad ?? 0), 0);
   await Promise.all(conns.map((c) => c.close()));
-  return { ...result, total: run.total, clientCpuPerMsg: (cpu.user + cpu.system) / run.total, bytes: result.messages * p.size };
+  return { ...result, total: run.total, clientCpuPerMsg: (cpu.user + cpu.system) / run.total, bytes: result.messages * p.size, wireBytesPerMsg, extensions, badEchoes };
+}
+
+/** Cycle hands out a connection's messages in turn, each connection from its own offset. */
+class Cycle {
+  constructor(items, offset) {
+    this.items = items;
+    this.i = offset % items.length;
+  }
+
+  next() {
+    const item = this.items[this.i];
+    this.i = (this.i + 1) % this.items.length;
+    return item;
+  }
 }
 
 /** EchoRun keeps every connection busy and records round trips, FIFO per connection. */
@@ -126,39 +152,60 @@ async function openRaw(p, payload) {
   return c;
 }
 
-async function openWsconn(p, payload) {
+async function openWsconn(p, payload, messages) {
   const { dial, MessageType } = await import(distUrl("index.js"));
-  const conn = await dial(`ws://127.0.0.1:${p.port}/`, { readLimit: Infinity });
+  const conn = await dial(`ws://127.0.0.1:${p.port}/`, { readLimit: Infinity, ...p.dialOptions });
+  if (p.dialOptions?.compression && !conn.extensions.includes("permessage-deflate")) throw new Error(`compression not agreed: ${JSON.stringify(conn.extensions)}`);
   const c = {
     onMessage: undefined,
-    send: () => void conn.write(MessageType.Binary, payload).catch(() => {}),
+    extensions: conn.extensions,
+    bad: 0,
+    send: () => {
+      const m = messages.next();
+      void conn.write(typeof m === "string" ? MessageType.Text : MessageType.Binary, m).catch(() => {});
+    },
     batch: (fn) => fn(),
     close: () => Promise.race([conn.close().catch(() => {}), sleep(2000)]),
   };
   (async () => {
     for (;;) {
-      await conn.read();
+      const msg = await conn.read();
+      if (msg.data.length !== p.size) c.bad++;
       c.onMessage();
     }
   })().catch(() => {});
   return c;
 }
 
-async function openWs(p, payload) {
+async function openWs(p, payload, messages) {
   const { WebSocket } = require("ws");
-  const ws = new WebSocket(`ws://127.0.0.1:${p.port}/`, { perMessageDeflate: false, maxPayload: 0 });
+  const ws = new WebSocket(`ws://127.0.0.1:${p.port}/`, { perMessageDeflate: p.deflate ?? false, maxPayload: 0 });
+  // ws.extensions names the extensions only: the parameters agreed are in the response
+  let extensions = "";
+  ws.once("upgrade", (res) => (extensions = res.headers["sec-websocket-extensions"] ?? ""));
   await new Promise((resolve, reject) => {
     ws.once("open", resolve);
     ws.once("error", reject);
   });
   ws.on("error", () => {});
+  if (p.deflate && !ws.extensions.includes("permessage-deflate")) throw new Error(`compression not agreed: ${JSON.stringify(extensions)}`);
   const c = {
     onMessage: undefined,
-    send: () => ws.send(payload, { binary: true }),
+    extensions,
+    bad: 0,
+    send: () => {
+      const m = messages.next();
+      ws.send(m, { binary: typeof m !== "string" });
+    },
     batch: (fn) => fn(),
     close: () => ws.terminate(),
+    // ws keeps its socket private; only to count bytes on the wire
+    bytesRead: () => ws._socket?.bytesRead ?? NaN,
   };
-  ws.on("message", () => c.onMessage());
+  ws.on("message", (data) => {
+    if (data.length !== p.size) c.bad++;
+    c.onMessage();
+  });
   return c;
 }
 

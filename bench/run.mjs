@@ -10,10 +10,13 @@
  *
  * Environment:
  *   BENCH_QUICK=1     a ~30 s subset
- *   BENCH_ONLY=a,b    only these suites: micro, echo, clients, tunnel, memory
+ *   BENCH_ONLY=a,b    only these suites: micro, echo, clients, compression, tunnel, memory
  *   BENCH_DOCS=0|1    write docs/performance.md and docs/performance-throughput.svg
  *                     (default: 1 for a full run, 0 for a quick or partial one)
  *   BENCH_CONNS=N     idle connections for the memory suite (default 10000)
+ *   BENCH_COMPRESSION_CLIENT=ws|wsconn   the compression suite's client (default ws)
+ *   WSCONN_OPTIONS, WS_OPTIONS           JSON merged into the compression suite's
+ *                     wsconn (serve and dial) and ws server options
  * Results: bench/results/latest.json and latest.md (git-ignored).
  */
 
@@ -22,6 +25,7 @@ import { loadPlan } from "./lib/plan.mjs";
 import { machineInfo } from "./lib/machine.mjs";
 import { renderMarkdown, updatePerformanceDoc } from "./lib/report.mjs";
 import { renderThroughputSvg } from "./lib/svg.mjs";
+import { runCompression } from "./suites/compression.mjs";
 import { runClients, runEcho } from "./suites/echo.mjs";
 import { runMemory } from "./suites/memory.mjs";
 import { runMicro } from "./suites/micro.mjs";
@@ -34,7 +38,7 @@ const guard = setTimeout(() => {
 }, plan.limitMs);
 guard.unref();
 
-const suites = { micro: runMicro, echo: runEcho, clients: runClients, tunnel: runTunnel, memory: runMemory };
+const suites = { micro: runMicro, echo: runEcho, clients: runClients, compression: runCompression, tunnel: runTunnel, memory: runMemory };
 const started = Date.now();
 const results = { plan: plan.name, machine: machineInfo(), date: new Date().toISOString() };
 console.log(`bench: ${plan.name} run on ${results.machine.cpu} (${results.machine.nproc} cores), node ${results.machine.node}`);

@@ -28,11 +28,12 @@ export { CloseError, closeStatus, isCloseError, isUnexpectedCloseError, type Clo
 export { StatusCode } from "./protocol/errors.js";
 export { HandshakeError, ErrorCode, type CodedError } from "./protocol/errors.js";
 export { isWebSocketUpgrade } from "./protocol/handshake.js";
-export { PreparedMessage } from "./conn/write.js";
+export { PreparedMessage, type WriteOptions } from "./conn/write.js";
+export { CompressionQueue, DEFAULT_COMPRESSION_CONCURRENCY } from "./conn/compression-queue.js";
 export { netConn, type NetConn } from "./adapters/netconn.js";
 export { messageStream, type MessageStream, type OutgoingMessage } from "./adapters/messages.js";
 export { readJSON, writeJSON } from "./adapters/messages.js";
-export type { CompressionMode, CompressionOptions } from "./protocol/handshake.js";
+export type { CompressionMode, CompressionOptions, CompressionSettings } from "./protocol/handshake.js";
 export { Hub } from "./hub/hub.js";
 export {
   DEFAULT_MAX_QUEUED_BYTES,

@@ -19,6 +19,7 @@ const FULL = {
     shapes: cross([32, KiB, 64 * KiB, MiB], [1, 64], [1, 16]),
   },
   clients: { warmupMs: 200, durationMs: 600, shapes: cross([32, KiB, 64 * KiB, MiB], [1, 64], [16]) },
+  compression: { warmupMs: 200, durationMs: 800, shapes: [shape(KiB, 16, 8), shape(64 * KiB, 4, 4)] },
   tunnel: { warmupMs: 300, durationMs: 1000, streams: [1, 8], directions: ["up", "down"] },
   memory: { connections: 10_000, servers: ["wsconn", "ws-native", "tcp"] },
   microQuick: false,
@@ -34,12 +35,13 @@ const QUICK = {
     shapes: [shape(32, 64, 16), shape(KiB, 1, 16), shape(64 * KiB, 1, 16), shape(MiB, 1, 1)],
   },
   clients: { warmupMs: 80, durationMs: 200, shapes: [shape(32, 64, 16)] },
+  compression: { warmupMs: 80, durationMs: 250, shapes: [shape(KiB, 16, 8), shape(64 * KiB, 4, 4)] },
   tunnel: { warmupMs: 150, durationMs: 400, streams: [1], directions: ["up"] },
   memory: { connections: 1000, servers: ["wsconn", "ws-native"] },
   microQuick: true,
 };
 
-const ALL_SUITES = ["micro", "echo", "clients", "tunnel", "memory"];
+const ALL_SUITES = ["micro", "echo", "clients", "compression", "tunnel", "memory"];
 
 function shape(size, conns, inflight) {
   return { size, conns, inflight };

@@ -18,6 +18,7 @@ export function renderMarkdown(results) {
   ];
   if (results.echo) parts.push(summaryTable(results.echo), echoTable(results.echo), cpuTable(results.echo), latencyTable(results.echo));
   if (results.clients) parts.push(clientsTable(results.clients));
+  if (results.compression) parts.push(compressionTable(results.compression));
   if (results.tunnel) parts.push(tunnelTable(results.tunnel));
   if (results.memory) parts.push(memoryTable(results.memory));
   if (results.micro) parts.push(microTables(results.micro));
@@ -124,6 +125,47 @@ function clientsTable(clients) {
     "Messages per second (payload MB/s) and the client process's CPU time per message. " +
     "\"raw frames\" is the benchmark's own minimal client, the client-side ceiling. The last column is a CPU ratio: > 1 means wsconn's client uses less CPU.\n\n" +
     table(["size", "conns × in flight", ...clients.clients.map((c) => c.label), "wsconn/ws", "wsconn/ws+native", "CPU ws+native/wsconn"], rows)
+  );
+}
+
+/** compressionTable: per shape and mode, wsconn against ws + native, server CPU per message first. */
+function compressionTable(c) {
+  const us = (v) => (Number.isFinite(v) ? (v >= 10 ? v.toFixed(0) : v.toFixed(1)) : "–");
+  const bytes = (v) => (Number.isFinite(v) ? v.toFixed(0) : "–");
+  const rows = [];
+  for (const r of c.rows) {
+    for (const mode of c.modes) {
+      const w = r.results[`wsconn-${mode.id}`];
+      const x = r.results[`ws-${mode.id}`];
+      rows.push([
+        fmtSize(r.size),
+        shapeLabel(r),
+        mode.label,
+        us(w.cpuPerMsg),
+        us(x.cpuPerMsg),
+        fmtRatio(w.cpuPerMsg, x.cpuPerMsg),
+        fmtCount(w.msgsPerSec),
+        fmtCount(x.msgsPerSec),
+        fmtRatio(w.msgsPerSec, x.msgsPerSec),
+        `${bytes(w.wireBytesPerMsg)} / ${bytes(x.wireBytesPerMsg)}`,
+        `${fmtMs(w.p50)} / ${fmtMs(w.p99)}`,
+        `${fmtMs(x.p50)} / ${fmtMs(x.p99)}`,
+      ]);
+    }
+  }
+  const options = c.servers.map((s) => `- ${s.label}: \`${JSON.stringify(s.options)}\`; agreed \`${c.extensions?.[s.id] ?? "?"}\``).join("\n");
+  return (
+    "### Compressed echo (permessage-deflate): server CPU per message\n\n" +
+    `JSON-like text messages, every one compressed by both servers (threshold 0) and by the client: ${c.client}, the same for all servers. ` +
+    "CPU is the server process's user + system time over a whole measurement divided by the messages it echoed; " +
+    "**CPU wsconn/ws < 1 means wsconn uses less CPU**, msg/s wsconn/ws > 1 means wsconn echoed more. " +
+    "The compressing client is the bottleneck on a small machine, so the CPU columns say more about the servers than msg/s does. " +
+    "\"Echo bytes\" is what the client read per echo, frame headers included (a measure of each server's compression ratio).\n\n" +
+    table(
+      ["size", "conns × in flight", "mode", "wsconn CPU µs/msg", "ws CPU µs/msg", "CPU wsconn/ws", "wsconn msg/s", "ws msg/s", "msg/s wsconn/ws", "echo bytes wsconn / ws", "wsconn p50 / p99 ms", "ws p50 / p99 ms"],
+      rows,
+    ) +
+    `\n\nServer options and the extensions agreed:\n${options}\n- ws helpers: ${c.helpers}`
   );
 }
 

@@ -8,7 +8,7 @@ import { startChild } from "../lib/ipc.mjs";
 import { median } from "../lib/stats.mjs";
 
 const WS_JS_ENV = { WS_NO_BUFFER_UTIL: "1", WS_NO_UTF_8_VALIDATE: "1" };
-const WS_NATIVE_ENV = { WS_NO_BUFFER_UTIL: "", WS_NO_UTF_8_VALIDATE: "" };
+export const WS_NATIVE_ENV = { WS_NO_BUFFER_UTIL: "", WS_NO_UTF_8_VALIDATE: "" };
 
 /** The servers compared; `proto` is what the raw client speaks to them. */
 export const SERVERS = [
@@ -26,9 +26,14 @@ export const CLIENTS = [
   { id: "ws-native", label: "ws + native", client: "ws", loadgen: "native" },
 ];
 
-/** startServer forks one echo server and checks that ws loaded the helpers it should. */
+/**
+ * startServer forks one echo server (with `server.options`, if any, merged
+ * into its serve or WebSocketServer options) and checks that ws loaded the
+ * helpers it should.
+ */
 export async function startServer(server, options = {}) {
-  const child = await startChild("echo-server.mjs", [server.kind], { env: server.env, ...options });
+  const args = server.options ? [server.kind, JSON.stringify(server.options)] : [server.kind];
+  const child = await startChild("echo-server.mjs", args, { env: server.env, ...options });
   if (server.expect && child.info.bufferutil !== server.expect) {
     await child.stop();
     throw new Error(`${server.label}: bufferutil is ${child.info.bufferutil}, expected ${server.expect}`);
@@ -72,7 +77,7 @@ export async function runClients(plan) {
   }
 }
 
-function describeHelpers(info) {
+export function describeHelpers(info) {
   return `bufferutil ${info.bufferutil}; UTF-8 validation by ${info.utf8}; utf-8-validate ${info.utf8ValidateLoads ? "loads (native)" : "does not load"}`;
 }
 
@@ -80,7 +85,7 @@ function describeHelpers(info) {
  * interleave runs `measure(shape, contender)` for every run, shape and
  * contender, contenders innermost, and collects the results per pair.
  */
-async function interleave(runs, shapes, contenders, measure) {
+export async function interleave(runs, shapes, contenders, measure) {
   const samples = new Map();
   for (let run = 1; run <= runs; run++) {
     for (const shape of shapes) {
@@ -107,8 +112,8 @@ export function shapeKey({ size, conns, inflight }) {
   return `${size}B×${conns}c×${inflight}f`;
 }
 
-/** summarize turns the samples into one row per shape: medians per contender. */
-function summarize(shapes, contenders, samples) {
+/** summarize turns the samples into one row per shape: medians per contender (also of the results' `extraKeys`). */
+export function summarize(shapes, contenders, samples, extraKeys = []) {
   return shapes.map((shape) => {
     const row = { ...shape, results: {} };
     for (const c of contenders) {
@@ -121,6 +126,7 @@ function summarize(shapes, contenders, samples) {
         p99: median(list.map((r) => r.p99)),
         cpuPerMsg: median(list.map((r) => r.cpuPerMsg ?? NaN)),
         clientCpuPerMsg: median(list.map((r) => r.clientCpuPerMsg)),
+        ...Object.fromEntries(extraKeys.map((k) => [k, median(list.map((r) => r[k]))])),
       };
     }
     return row;

@@ -15,7 +15,7 @@ import { Conn } from "../conn/conn.js";
 import { checkConnOptions, type ConnOptions, DEFAULT_HANDSHAKE_TIMEOUT, type HandshakeTimeouts } from "../conn/options.js";
 import { bindAbort, isNoTimeout, noop, startTimer } from "../internal/waiting.js";
 import { codedError, ErrorCode, HandshakeError, wrapError } from "../protocol/errors.js";
-import { acceptKey, acceptResponse, checkCompressionOptions, checkHeaders, clientOffer, type CompressionOptions, hasToken, headerList, isToken, settingsFor, singleHeader } from "../protocol/handshake.js";
+import { acceptKey, acceptResponse, checkCompressionOptions, checkHeaders, clientOffer, type CompressionOptions, deflateConfig, hasToken, headerList, isToken, settingsFor, singleHeader } from "../protocol/handshake.js";
 import { connectThroughProxy, type CreateConnection, type DialTarget, directConnection, proxyFor } from "./proxy.js";
 
 /** The most bytes of a refused handshake's body kept in HandshakeError. */
@@ -230,14 +230,15 @@ function handshake(target: Target, options: DialOptions, createConnection: Creat
     request.on("upgrade", (res: http.IncomingMessage, socket: Socket, head: Buffer) => {
       if (settled) return void socket.destroy();
       const problem = checkResponse(res, key, options.subprotocols ?? []);
-      const extensions = acceptResponse(res.headers["sec-websocket-extensions"], options.compression);
+      const config = deflateConfig(options.compression, options.compressionLevel);
+      const extensions = acceptResponse(res.headers["sec-websocket-extensions"], config);
       if (problem !== undefined || typeof extensions === "string") {
         socket.destroy();
         const why = problem ?? (extensions as string);
         return finish(() => reject(new HandshakeError(`failed to dial: ${why}`, res.statusCode ?? 101, res.headers)));
       }
       const subprotocol = singleHeader(res.headers, "sec-websocket-protocol") ?? "";
-      const deflate = extensions.params && settingsFor(extensions.params, "client", extensions.header);
+      const deflate = extensions.params && settingsFor(extensions.params, "client", extensions.header, config);
       finish(() => resolve(new Conn(socket, head, { ...options, role: "client", subprotocol, deflate })));
     });
     request.end();
@@ -261,7 +262,7 @@ function requestHeaders(key: string, options: DialOptions): http.OutgoingHttpHea
   headers["Upgrade"] = "websocket";
   headers["Sec-WebSocket-Key"] = key;
   headers["Sec-WebSocket-Version"] = "13";
-  const offer = clientOffer(options.compression);
+  const offer = clientOffer(deflateConfig(options.compression, options.compressionLevel));
   if (offer !== undefined) headers["Sec-WebSocket-Extensions"] = offer;
   return headers;
 }

@@ -17,12 +17,13 @@ import { type MessageType, Opcode } from "../protocol/frame.js";
 import { defaultThreshold, type DeflateSettings } from "../protocol/handshake.js";
 import { EMPTY_PAYLOAD } from "../protocol/payload.js";
 import { CloseHandshake } from "./close-handshake.js";
-import { compressedVariant, type FrameVariant, MessageDeflater, PLAIN_VARIANT } from "./deflate.js";
+import { CompressionQueue } from "./compression-queue.js";
+import { compressedVariant, type DeflateTuning, type FrameVariant, MessageDeflater, PLAIN_VARIANT } from "./deflate.js";
 import { Inbound, listenTo, PingTracker, RareState, type SocketOwner } from "./inbound.js";
 import { Liveness, type LivenessHost, livenessSettings } from "./liveness.js";
-import { checkLevel, checkLimit, type ConnInit, DEFAULT_COMPRESSION_LEVEL, DEFAULT_READ_LIMIT } from "./options.js";
+import { checkLevel, checkLimit, type ConnInit, DEFAULT_READ_LIMIT } from "./options.js";
 import { type Message, MessageIterator, ReadSide, type StreamedMessage } from "./read.js";
-import { type MessageData, type PreparedMessage, WriteSide } from "./write.js";
+import { type MessageData, type PreparedMessage, type WriteOptions, writeOptions, WriteSide } from "./write.js";
 
 /**
  * Conn is a WebSocket connection, made by `accept` (server) or `dial`
@@ -69,7 +70,6 @@ export class Conn implements AsyncIterable<Message>, LivenessHost, SocketOwner {
     this.isServer = init.role === "server";
     this.subprotocol = init.subprotocol ?? "";
     this.extensions = init.deflate?.header ?? "";
-    const level = checkLevel(init.compressionLevel ?? DEFAULT_COMPRESSION_LEVEL);
     if (init.onPing !== undefined || init.onPong !== undefined) {
       const rare = this.rare;
       rare.onPing = init.onPing;
@@ -78,11 +78,12 @@ export class Conn implements AsyncIterable<Message>, LivenessHost, SocketOwner {
     this.handshake = new CloseHandshake(this, this.isServer, init.closeTimeout);
     const deflate = init.deflate;
     const readLimit = checkLimit("read limit", init.readLimit ?? DEFAULT_READ_LIMIT);
-    this.inbound = new Inbound(socket, this, { expectMasked: this.isServer, readLimit, deflate, budget: init.inboundBudget });
+    const compressionQueue = init.compressionQueue ?? CompressionQueue.shared;
+    this.inbound = new Inbound(socket, this, { expectMasked: this.isServer, readLimit, deflate, budget: init.inboundBudget, compressionQueue });
     this.reads = new ReadSide(this.inbound.queue, this);
     this.writes = new WriteSide(socket, !this.isServer, this);
     if (init.writeQueueLimit !== undefined) this.writes.writeQueueLimit = checkLimit("write queue limit", init.writeQueueLimit);
-    if (deflate !== undefined) this.setupWriteCompression(deflate, init.compressionThreshold, level);
+    if (deflate !== undefined) this.setupWriteCompression(deflate, init.compressionThreshold, compressionQueue);
     const liveness = livenessSettings(init.keepalive, init.idleTimeout);
     if (liveness !== undefined) this.inbound.liveness = this.liveness = new Liveness(this, liveness);
     this.attachSocket(head);
@@ -173,14 +174,17 @@ export class Conn implements AsyncIterable<Message>, LivenessHost, SocketOwner {
    * producer that awaits its writes uses bounded memory. Writes go out one
    * message at a time, in call order, after any open writer ends.
    *
-   * An abort of `signal` before the message is written rejects with the
-   * signal's reason and leaves the connection usable; an abort while waiting
-   * for the socket to drain fails the connection (1011). Rejects with a
-   * CloseError once the connection is closing, a TypeError for a bad type.
+   * The last argument is a signal, or WriteOptions: `{ signal, compress }`,
+   * where `compress: false` sends this message uncompressed although
+   * permessage-deflate was negotiated. An abort of the signal before the
+   * message is written rejects with the signal's reason and leaves the
+   * connection usable; an abort while waiting for the socket to drain fails
+   * the connection (1011). Rejects with a CloseError once the connection is
+   * closing, a TypeError for a bad type, data or options.
    */
-  write(type: MessageType, data: MessageData, signal?: AbortSignal): Promise<void> {
+  write(type: MessageType, data: MessageData, options?: AbortSignal | WriteOptions): Promise<void> {
     this.liveness?.dataMessage();
-    return this.writes.write(type, data, signal);
+    return this.writes.write(type, data, options);
   }
 
   /**
@@ -199,12 +203,19 @@ export class Conn implements AsyncIterable<Message>, LivenessHost, SocketOwner {
 
   /**
    * writePrepared sends a PreparedMessage, framed once for every connection
-   * that shares its settings. Ordering, backpressure, abort and errors are
-   * those of `write`.
+   * that shares its settings. Ordering, backpressure, abort, errors and
+   * options (`{ signal, compress }`) are those of `write`.
    */
-  writePrepared(message: PreparedMessage, signal?: AbortSignal): Promise<void> {
+  writePrepared(message: PreparedMessage, options?: AbortSignal | WriteOptions): Promise<void> {
     this.liveness?.dataMessage();
-    return this.writes.writePrepared(message.frameFor(this.preparedVariant()), signal);
+    let signal: AbortSignal | undefined;
+    let compress: boolean | undefined;
+    try {
+      ({ signal, compress } = writeOptions(options));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.writes.writePrepared(message.frameFor(this.preparedVariant(message, compress)), signal);
   }
 
   /**
@@ -278,7 +289,7 @@ export class Conn implements AsyncIterable<Message>, LivenessHost, SocketOwner {
     const compression = this.writes.compression;
     if (compression === undefined || compression.deflater.level === level) return;
     compression.deflater.level = level;
-    compression.deflater.restartAtNextMessage();
+    compression.variant = undefined;
   }
 
   /** The remote IP address, while the socket knows it. */
@@ -326,22 +337,29 @@ export class Conn implements AsyncIterable<Message>, LivenessHost, SocketOwner {
 
   // ---- internals ----
 
-  private setupWriteCompression(deflate: DeflateSettings, threshold: number | undefined, level: number): void {
+  private setupWriteCompression(deflate: DeflateSettings, threshold: number | undefined, queue: CompressionQueue): void {
     // zlib cannot keep a raw deflate window of 256 bytes (it makes it 512):
     // a peer that demands window bits 8 gets uncompressed messages, which is legal.
     if (deflate.sendWindowBits === 8) return;
+    const tuning: DeflateTuning = {
+      windowBits: deflate.sendWindowBits,
+      memLevel: deflate.memLevel,
+      level: deflate.level,
+      keepContext: !deflate.sendNoContextTakeover,
+    };
     this.writes.compression = {
-      deflater: new MessageDeflater(!deflate.sendNoContextTakeover, deflate.sendWindowBits, level),
+      deflater: new MessageDeflater(tuning, queue),
       threshold: threshold ?? defaultThreshold(deflate),
       enabled: true,
-      windowBits: deflate.sendWindowBits,
+      tuning,
+      variant: undefined,
     };
   }
 
-  private preparedVariant(): FrameVariant {
+  private preparedVariant(message: PreparedMessage, compress: boolean | undefined): FrameVariant {
     const compression = this.writes.compression;
-    if (compression === undefined || !compression.enabled) return PLAIN_VARIANT;
-    return compressedVariant(compression.windowBits, compression.deflater.level, compression.threshold);
+    if (compression === undefined || !compression.enabled || !message.compress || compress === false) return PLAIN_VARIANT;
+    return (compression.variant ??= compressedVariant({ ...compression.tuning, level: compression.deflater.level }, compression.threshold));
   }
 
   private attachSocket(head: Buffer): void {
@@ -506,7 +524,7 @@ export class Conn implements AsyncIterable<Message>, LivenessHost, SocketOwner {
     if (this.handshake.info !== undefined) return;
     this.inbound.failNowIfPending();
     this.inbound.release();
-    this.writes.compression?.deflater.release();
+    this.writes.compression?.deflater.close();
     this.handshake.onSocketClose();
     this.closeWatcher?.connClosed(this);
     if (connCloseChannel.hasSubscribers) {

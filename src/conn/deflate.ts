@@ -1,260 +1,189 @@
 /**
- * The zlib side of permessage-deflate (https://www.rfc-editor.org/rfc/rfc7692#section-7.2):
- * streaming decompression whose output the read side counts against the read
- * limit as it is produced, and per-message compression. zlib state is made on
- * first use and, without context takeover, freed after every message, so
- * idle connections hold none.
+ * The compressing side of permessage-deflate
+ * (https://www.rfc-editor.org/rfc/rfc7692#section-7.2.1). No zlib state
+ * lives between messages: a message up to FAST_DEFLATE_MAX bytes is
+ * compressed with one call on the main thread; a larger one with one call on
+ * the thread pool, through the CompressionQueue; a message written in parts
+ * (`writer`) with a zlib stream made for it and freed at its end. With
+ * context takeover every compression is primed with the SlidingWindow of the
+ * messages compressed before it, which gives the peer's long-lived inflater
+ * exactly the stream it expects.
  */
 
 import * as zlib from "node:zlib";
 import { noop } from "../internal/waiting.js";
+import type { CompressionQueue } from "./compression-queue.js";
+import { SlidingWindow } from "./sliding-window.js";
 
-/** The bytes a sync flush ends with, removed from and added back to each message (§7.2.1). */
-const TAIL = Buffer.from([0x00, 0x00, 0xff, 0xff]);
+/** The bytes a sync flush ends with, removed from each message (§7.2.1). */
+export const TAIL = Buffer.from([0x00, 0x00, 0xff, 0xff]);
 
-/** The first byte of an empty stored block that starts on a byte boundary. */
+/** The first byte of an empty stored block that starts on a byte boundary: an empty message. */
 const EMPTY_BLOCK_HEAD = Buffer.from([0x00]);
 
-/** Output chunk size: how far past the read limit inflation can run before it is stopped. */
-const INFLATE_CHUNK = 16 * 1024;
-
-/** Writes queued in zlib past which the caller is asked to wait: each costs a hundred bytes or so. */
-const MAX_WRITES_IN_FLIGHT = 4;
-
-
 /**
- * MessageInflater decompresses incoming messages as their frames arrive. It
- * hands every output chunk to `onChunk` (the read side, which enforces the
- * read limit) and stops producing while paused, so a compressed bomb cannot
- * fill memory however small it is.
+ * Messages up to this size are compressed on the main thread with one call:
+ * about 25 µs for 1 KiB and 95 µs for 16 KiB of JSON at level 6 on the
+ * reference machine, against a fixed ~260 µs round trip through the thread
+ * pool (docs/compression.md).
  */
-export class MessageInflater {
-  private stream: zlib.InflateRaw | undefined;
-  private paused = false;
-  private stopped = false;
-  private ending: (() => void) | undefined;
-  private written = false;
-  /** Writes zlib has not finished with. */
-  private inFlight = 0;
-  private drainWaiter: (() => void) | undefined;
-  /** The write callback of the current zlib stream. */
-  private onWritten: (() => void) | undefined;
+export const FAST_DEFLATE_MAX = 16 * 1024;
 
-  constructor(
-    private readonly keepContext: boolean,
-    private readonly onChunk: (chunk: Buffer) => void,
-    private readonly onError: (err: Error) => void,
-  ) {}
+/**
+ * With context takeover a message is primed with at least this much of the
+ * window (more for a larger message: twice its size), not all of it: zlib
+ * hashes every dictionary byte, so a 32 KiB dictionary costs 1 KiB of JSON
+ * ~30 µs more than an 8 KiB one, for the same compressed size on the
+ * benchmark's traffic (docs/compression.md). The peer's window stays whole;
+ * this end just refers less far back.
+ */
+export const DICTIONARY_MIN = 8 * 1024;
 
-  /**
-   * write feeds compressed bytes; false asks the caller to wait for onDrain:
-   * zlib's queue is full by bytes (16 KiB) or by count. Ignored after stop.
-   */
-  write(chunk: Buffer): boolean {
-    if (this.stopped) return true;
-    const stream = this.open();
-    this.inFlight++;
-    const ok = stream.write(chunk, this.onWritten);
-    return ok && this.inFlight < MAX_WRITES_IN_FLIGHT;
-  }
-
-  /** onDrain calls `fn` once when the inflater accepts input again. */
-  onDrain(fn: () => void): void {
-    this.drainWaiter = fn;
-  }
-
-  /** end completes the message and calls `done` once all its output was handed over. */
-  end(done: () => void): void {
-    if (this.stopped) return queueMicrotask(done);
-    const stream = this.open();
-    this.ending = done;
-    this.written = false;
-    // Counted like any write: the last write's callback is what wakes a waiting writer.
-    this.inFlight++;
-    stream.write(TAIL, () => {
-      if (this.stream !== stream) return;
-      this.countWritten();
-      this.written = true;
-      this.finishIfDone();
-    });
-  }
-
-  /** pause stops producing output until resume. */
-  pause(): void {
-    this.paused = true;
-    this.stream?.pause();
-  }
-
-  resume(): void {
-    this.paused = false;
-    this.stream?.resume();
-  }
-
-  /**
-   * stop discards the message being inflated for good (the connection is
-   * closing): the zlib state is freed, later input ignored, and a pending
-   * `end` completes at once so that frames held behind it are parsed.
-   */
-  stop(): void {
-    this.stopped = true;
-    const done = this.ending;
-    this.release();
-    done?.();
-  }
-
-  /** release frees the zlib state. */
-  release(): void {
-    const stream = this.stream;
-    if (stream === undefined) return;
-    this.stream = undefined;
-    this.ending = undefined;
-    this.inFlight = 0;
-    detach(stream);
-    // A new stream takes input at once: a writer waiting for this one may go on.
-    const waiter = this.drainWaiter;
-    this.drainWaiter = undefined;
-    waiter?.();
-  }
-
-  private open(): zlib.InflateRaw {
-    if (this.stream !== undefined) return this.stream;
-    const stream = zlib.createInflateRaw({ flush: zlib.constants.Z_SYNC_FLUSH, chunkSize: INFLATE_CHUNK });
-    // The read side copies small chunks out of zlib's 16 KiB buffers itself.
-    stream.on("data", (chunk: Buffer) => {
-      this.onChunk(chunk);
-      this.finishIfDone();
-    });
-    stream.on("error", (err) => {
-      // Kept for stop(): frames held behind this message must still be let go.
-      const ending = this.ending;
-      this.stopped = true;
-      this.release();
-      this.ending = ending;
-      this.onError(err);
-    });
-    if (this.paused) stream.pause();
-    this.stream = stream;
-    this.onWritten = () => {
-      if (this.stream === stream) this.countWritten();
-    };
-    return stream;
-  }
-
-  /** countWritten counts one write zlib has finished with, and wakes a waiting writer. */
-  private countWritten(): void {
-    this.inFlight--;
-    const waiter = this.drainWaiter;
-    if (waiter === undefined || this.inFlight >= MAX_WRITES_IN_FLIGHT || this.stream!.writableNeedDrain) return;
-    this.drainWaiter = undefined;
-    waiter();
-  }
-
-  private finishIfDone(): void {
-    const done = this.ending;
-    if (done === undefined || !this.written || (this.stream !== undefined && this.stream.readableLength > 0)) return;
-    this.ending = undefined;
-    if (!this.keepContext || this.streamEnded()) this.release();
-    done();
-  }
-
-  /**
-   * streamEnded tells whether the message closed its DEFLATE stream with a
-   * BFINAL block, which a peer may do instead of a sync flush
-   * (https://www.rfc-editor.org/rfc/rfc7692#section-7.2.3.4). zlib then
-   * ignores further input, so the next message needs a new inflater; node's
-   * zlib only says so through its readable state (push(null) at
-   * Z_STREAM_END, before 'end' is emitted).
-   */
-  private streamEnded(): boolean {
-    const state = (this.stream as unknown as { _readableState?: { ended?: boolean } } | undefined)?._readableState;
-    return state?.ended === true;
-  }
-}
-
-/** detach closes a zlib stream whose events nobody wants any more. */
-function detach(stream: zlib.InflateRaw | zlib.DeflateRaw): void {
-  stream.removeAllListeners("data");
-  stream.removeAllListeners("error");
-  stream.on("error", noop);
-  stream.close();
+/** The zlib parameters of one direction's compressor. */
+export interface DeflateTuning {
+  /** LZ77 window, 9–15 (a peer that asked for 8 gets uncompressed messages). */
+  windowBits: number;
+  /** zlib memLevel, 1–9: memory for the hash chains while a message is compressed. */
+  memLevel: number;
+  /** zlib level, 0–9. */
+  level: number;
+  /** Context takeover: later messages may refer to earlier ones. */
+  keepContext: boolean;
 }
 
 /**
- * MessageDeflater compresses outgoing messages, one at a time (the write lock
- * serializes them). Each call ends with a sync flush, so every frame can be
- * decompressed as soon as it arrives.
+ * MessageDeflater compresses outgoing messages, one at a time (the write
+ * lock serializes them). Every message ends with a sync flush whose last
+ * four bytes are removed, so the peer can decompress each frame as it
+ * arrives.
  */
 export class MessageDeflater {
+  /** The level of messages compressed from now on. */
+  level: number;
+  private readonly windowBits: number;
+  private readonly memLevel: number;
+  /** The window later messages may refer to; undefined without context takeover. */
+  private readonly window: SlidingWindow | undefined;
+  /** The stream of a message written in parts, while it is being written. */
   private stream: zlib.DeflateRaw | undefined;
   private output: Buffer[] = [];
   private outputLength = 0;
-  private midMessage = false;
-  private restartPending = false;
-  /** The level the next compressor is made with. */
-  level: number;
+  private closed = false;
 
   constructor(
-    private readonly keepContext: boolean,
-    private readonly windowBits: number,
-    level: number,
+    tuning: DeflateTuning,
+    private readonly queue: CompressionQueue,
   ) {
-    this.level = level;
+    this.windowBits = tuning.windowBits;
+    this.memLevel = tuning.memLevel;
+    this.level = tuning.level;
+    this.window = tuning.keepContext ? new SlidingWindow(2 ** tuning.windowBits) : undefined;
+  }
+
+  /** The bytes of context kept between messages (for memory accounting and tests). */
+  get windowSize(): number {
+    return this.window?.size ?? 0;
   }
 
   /**
-   * compress deflates `data` as the next part of the current message; with
-   * `fin` the message ends: the trailing 00 00 ff ff is removed and, without
-   * context takeover, the zlib state is freed.
+   * compressMessage compresses a whole message: synchronously (a Buffer)
+   * up to FAST_DEFLATE_MAX bytes, else on the thread pool (a Promise).
    */
-  compress(data: Uint8Array, fin: boolean): Promise<Buffer> {
-    const stream = this.open();
+  compressMessage(data: Uint8Array): Buffer | Promise<Buffer> {
+    const options = this.options(data.length);
+    if (data.length <= FAST_DEFLATE_MAX) {
+      const out = zlib.deflateRawSync(data, options);
+      this.window?.append(data);
+      return withoutTail(out);
+    }
     return new Promise<Buffer>((resolve, reject) => {
-      const onError = (err: Error): void => reject(err);
-      stream.once("error", onError);
-      stream.write(data, () => {
-        stream.off("error", onError);
-        resolve(this.takeOutput(fin));
+      this.queue.run(() => {
+        if (this.closed) {
+          this.queue.release();
+          return reject(new Error("connection closed"));
+        }
+        zlib.deflateRaw(data, options, (err, out) => {
+          this.queue.release();
+          if (err !== null) return reject(err);
+          if (this.closed) return reject(new Error("connection closed"));
+          this.window?.append(data);
+          resolve(withoutTail(out));
+        });
       });
     });
   }
 
-  /** restartAtNextMessage makes the next message use a new compressor (after a level change). */
-  restartAtNextMessage(): void {
-    if (this.midMessage) this.restartPending = true;
-    else this.release();
+  /**
+   * compress deflates `data` as the next part of a message written in parts;
+   * with `fin` the message ends and its stream is freed.
+   */
+  compress(data: Uint8Array, fin: boolean): Promise<Buffer> {
+    return new Promise<Buffer>((resolve, reject) => {
+      this.queue.run(() => {
+        if (this.closed) {
+          this.queue.release();
+          return reject(new Error("connection closed"));
+        }
+        const stream = this.open();
+        const onError = (err: Error): void => {
+          this.queue.release();
+          this.releaseStream();
+          reject(err);
+        };
+        stream.once("error", onError);
+        stream.write(data, () => {
+          stream.off("error", onError);
+          this.queue.release();
+          if (this.stream !== stream) return reject(new Error("connection closed"));
+          this.window?.append(data);
+          resolve(this.takeOutput(fin));
+        });
+      });
+    });
   }
 
-  /** release frees the zlib state; the next message starts a fresh window, which any peer can read. */
-  release(): void {
-    const stream = this.stream;
-    if (stream === undefined) return;
-    this.stream = undefined;
-    detach(stream);
+  /**
+   * remember adds a message sent compressed by other means (a prepared
+   * message, its own deflate stream) to the window: the peer's window holds
+   * it now, and later messages may refer to it.
+   */
+  remember(data: Uint8Array): void {
+    this.window?.append(data);
+  }
+
+  /** close frees everything: the connection is closed. Later compressions reject. */
+  close(): void {
+    this.closed = true;
+    this.releaseStream();
+    this.window?.clear();
+  }
+
+  private options(size: number): zlib.ZlibOptions {
+    return {
+      finishFlush: zlib.constants.Z_SYNC_FLUSH,
+      windowBits: this.windowBits,
+      memLevel: this.memLevel,
+      level: this.level,
+      dictionary: this.window?.recent(Math.max(DICTIONARY_MIN, 2 * size)),
+      // One output chunk that fits the message, instead of 16 KiB for every small one.
+      chunkSize: Math.min(16 * 1024, Math.max(64, size + 64)),
+    };
   }
 
   private takeOutput(fin: boolean): Buffer {
-    let out = this.outputLength === this.output[0]?.length ? this.output[0]! : Buffer.concat(this.output, this.outputLength);
+    const out = this.outputLength === this.output[0]?.length ? this.output[0]! : Buffer.concat(this.output, this.outputLength);
     this.output = [];
     this.outputLength = 0;
-    this.midMessage = !fin;
-    if (fin) {
-      // The message must end with an empty stored block minus its last 4 bytes
-      // (§7.2.1). A flush with no new input makes zlib emit nothing, leaving
-      // the stream byte-aligned: the block's first byte is then all we send.
-      out = out.length === 0 ? EMPTY_BLOCK_HEAD : out.subarray(0, out.length - TAIL.length);
-      if (!this.keepContext || this.restartPending) this.release();
-      this.restartPending = false;
-    }
-    return out;
+    if (!fin) return out;
+    this.releaseStream();
+    // A flush with no new input makes zlib emit nothing, leaving the stream
+    // byte-aligned: the empty block's first byte is then all the message needs.
+    return out.length === 0 ? EMPTY_BLOCK_HEAD : out.subarray(0, out.length - TAIL.length);
   }
 
   private open(): zlib.DeflateRaw {
     if (this.stream !== undefined) return this.stream;
-    const stream = zlib.createDeflateRaw({
-      flush: zlib.constants.Z_SYNC_FLUSH,
-      windowBits: this.windowBits,
-      level: this.level,
-    });
+    const stream = zlib.createDeflateRaw({ ...this.options(16 * 1024), flush: zlib.constants.Z_SYNC_FLUSH });
     stream.on("data", (chunk: Buffer) => {
       this.output.push(chunk);
       this.outputLength += chunk.length;
@@ -262,6 +191,28 @@ export class MessageDeflater {
     this.stream = stream;
     return stream;
   }
+
+  private releaseStream(): void {
+    const stream = this.stream;
+    if (stream === undefined) return;
+    this.stream = undefined;
+    this.output = [];
+    this.outputLength = 0;
+    detach(stream);
+  }
+}
+
+/** withoutTail removes the sync flush's 00 00 ff ff from a one-shot compression (§7.2.1). */
+function withoutTail(out: Buffer): Buffer {
+  return out.length <= TAIL.length ? EMPTY_BLOCK_HEAD : out.subarray(0, out.length - TAIL.length);
+}
+
+/** detach closes a zlib stream whose events nobody wants any more. */
+export function detach(stream: zlib.InflateRaw | zlib.DeflateRaw): void {
+  stream.removeAllListeners("data");
+  stream.removeAllListeners("error");
+  stream.on("error", noop);
+  stream.close();
 }
 
 /** How a connection wants its frames: the key of one cached variant. */
@@ -283,13 +234,14 @@ export const PLAIN_VARIANT: FrameVariant = {
  * negotiated permessage-deflate: a fresh, self-contained deflate stream,
  * which decompresses correctly with or without context takeover.
  */
-export function compressedVariant(windowBits: number, level: number, threshold: number): FrameVariant {
+export function compressedVariant(tuning: DeflateTuning, threshold: number): FrameVariant {
+  const { windowBits, level, memLevel } = tuning;
   return {
-    key: `deflate:${windowBits}:${level}:${threshold}`,
+    key: `deflate:${windowBits}:${level}:${memLevel}:${threshold}`,
     encode(data) {
       if (data.length < threshold) return { payload: data, rsv1: false };
-      const out = zlib.deflateRawSync(data, { windowBits, level, finishFlush: zlib.constants.Z_SYNC_FLUSH });
-      return { payload: out.subarray(0, out.length - 4), rsv1: true };
+      const out = zlib.deflateRawSync(data, { windowBits, level, memLevel, finishFlush: zlib.constants.Z_SYNC_FLUSH });
+      return { payload: withoutTail(out), rsv1: true };
     },
   };
 }

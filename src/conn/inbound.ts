@@ -16,7 +16,9 @@ import type { CloseError } from "../protocol/close.js";
 import { ErrorCode, type FailureCode, type FailureHost } from "../protocol/errors.js";
 import { FrameParser, type FrameSink, type MessageType, Opcode } from "../protocol/frame.js";
 import type { DeflateSettings } from "../protocol/handshake.js";
-import { MessageInflater } from "./deflate.js";
+import type { CompressionQueue } from "./compression-queue.js";
+import { TAIL } from "./deflate.js";
+import { FAST_INFLATE_MAX, FAST_INFLATE_OUTPUT, MessageInflater, OUTPUT_OVER_CAP } from "./inflate.js";
 import type { Liveness } from "./liveness.js";
 import type { InboundBudget } from "./options.js";
 import { ReadQueue, type ReadQueueHost } from "./read-queue.js";
@@ -52,6 +54,8 @@ export interface InboundOptions {
   deflate: DeflateSettings | undefined;
   /** The process-wide bound on unfinished messages, if any. */
   budget: InboundBudget | undefined;
+  /** The process-wide bound on zlib work off the main thread. */
+  compressionQueue: CompressionQueue;
 }
 
 /**
@@ -67,6 +71,9 @@ export class Inbound implements FrameSink, ReadQueueHost {
   readonly queue: ReadQueue;
   private readonly inflater: MessageInflater | undefined;
   private compressedMessage = false;
+  /** A small compressed message in one frame, copied here to be inflated by one call (with room for TAIL). */
+  private whole: Buffer | undefined;
+  private wholeLength = 0;
   private pauseReasons = 0;
   /** Compressed payload of this socket read not yet handed to zlib. */
   private inflateBatch: Buffer[] | undefined;
@@ -86,6 +93,8 @@ export class Inbound implements FrameSink, ReadQueueHost {
     if (deflate !== undefined) {
       this.inflater = new MessageInflater(
         !deflate.receiveNoContextTakeover,
+        deflate.receiveWindowBits,
+        options.compressionQueue,
         (chunk) => this.queue.appendPayload(chunk),
         (err) => this.fail(ErrorCode.InvalidCompressedData, `invalid compressed data: ${err.message}`),
       );
@@ -105,6 +114,10 @@ export class Inbound implements FrameSink, ReadQueueHost {
     if (opcode !== Opcode.Continuation) {
       if (!this.queue.startMessage(opcode as MessageType)) return false;
       this.compressedMessage = rsv1;
+      if (rsv1 && fin && length <= FAST_INFLATE_MAX) {
+        this.whole = Buffer.allocUnsafe(length + TAIL.length);
+        this.wholeLength = 0;
+      }
     }
     // Compressed frames are checked as they inflate: their size says nothing.
     if (this.compressedMessage || !this.queue.admitsFrame(length, fin)) return false;
@@ -118,13 +131,21 @@ export class Inbound implements FrameSink, ReadQueueHost {
   onDataPayload(chunk: Buffer): void {
     // Once the connection is closing nobody reads messages: don't inflate them.
     if (!this.compressedMessage) this.queue.appendPayload(chunk);
-    else if (!this.host.closing) this.inflate(chunk);
+    else if (this.host.closing) return;
+    else if (this.whole !== undefined) {
+      chunk.copy(this.whole, this.wholeLength);
+      this.wholeLength += chunk.length;
+    } else this.inflate(chunk);
   }
 
   onDataFrameEnd(fin: boolean): void {
     if (!fin) return;
-    if (this.compressedMessage && !this.host.closing) this.endInflate();
-    else this.queue.endMessage();
+    if (!this.compressedMessage || this.host.closing) {
+      this.whole = undefined;
+      return this.queue.endMessage();
+    }
+    if (this.whole !== undefined) this.inflateWhole();
+    else this.endInflate();
   }
 
   onControlFrame(opcode: number, payload: Buffer): void {
@@ -199,6 +220,7 @@ export class Inbound implements FrameSink, ReadQueueHost {
   private stopInflating(): void {
     this.inflateBatch = undefined;
     this.inflateBatchSize = 0;
+    this.whole = undefined;
     this.inflater?.stop();
     this.resumeFor(PAUSE_INFLATER_FULL);
   }
@@ -242,6 +264,30 @@ export class Inbound implements FrameSink, ReadQueueHost {
     if ((this.pauseReasons & PAUSE_INFLATER_FULL) !== 0) return;
     this.pauseFor(PAUSE_INFLATER_FULL);
     this.inflater!.onDrain(() => this.resumeFor(PAUSE_INFLATER_FULL));
+  }
+
+  /**
+   * inflateWhole decompresses a small one-frame message with one call. Its
+   * output is capped by the read limit when a read already claimed the
+   * message (1009 past it), else by FAST_INFLATE_OUTPUT: a message that
+   * inflates to more is streamed instead, its bytes counted as they come.
+   */
+  private inflateWhole(): void {
+    const data = this.whole!;
+    this.whole = undefined;
+    TAIL.copy(data, this.wholeLength);
+    const allowance = this.queue.allowance;
+    const limitDecides = allowance < FAST_INFLATE_OUTPUT;
+    let out: Buffer | typeof OUTPUT_OVER_CAP;
+    try {
+      out = this.inflater!.inflateWhole(data, limitDecides ? allowance + 1 : FAST_INFLATE_OUTPUT);
+    } catch (err) {
+      return this.fail(ErrorCode.InvalidCompressedData, `invalid compressed data: ${(err as Error).message}`);
+    }
+    if (out !== OUTPUT_OVER_CAP) return this.queue.appendWhole(out);
+    if (limitDecides) return this.queue.tooLarge(allowance + 1);
+    this.inflater!.write(data.subarray(0, this.wholeLength));
+    this.endInflate();
   }
 
   /** endInflate holds later frames until the message's last bytes are decompressed. */

@@ -10,6 +10,7 @@
 
 import { checkTimeout } from "../internal/waiting.js";
 import type { DeflateSettings } from "../protocol/handshake.js";
+import type { CompressionQueue } from "./compression-queue.js";
 import { type KeepaliveOptions, livenessSettings } from "./liveness.js";
 
 /** The default read limit in bytes, as in nhooyr's websocket. */
@@ -57,6 +58,12 @@ export interface ConnOptions {
    */
   inboundBudget?: InboundBudget;
   /**
+   * compressionQueue bounds the zlib work done off the main thread, shared
+   * with other connections (see CompressionQueue). Default
+   * `CompressionQueue.shared`: 4 operations at once for the whole process.
+   */
+  compressionQueue?: CompressionQueue | undefined;
+  /**
    * keepalive pings the peer after `interval` ms in which nothing arrived
    * from it, and fails the connection with 1011 (`WS_ERR_KEEPALIVE_TIMEOUT`)
    * when nothing arrives within `timeout` ms (default: `interval`) of the
@@ -80,9 +87,8 @@ export interface ConnInit extends ConnOptions {
   role: "client" | "server";
   subprotocol?: string;
   /** permessage-deflate as negotiated, if it was. */
-  deflate?: DeflateSettings;
-  compressionThreshold?: number;
-  compressionLevel?: number;
+  deflate?: DeflateSettings | undefined;
+  compressionThreshold?: number | undefined;
 }
 
 /** The timeouts of an opening handshake, checked with the connection options. */
@@ -124,9 +130,6 @@ export function checkLimit(what: string, limit: number): number {
   }
   return limit;
 }
-
-/** The default zlib level: a good ratio for text at a fraction of level 9's cost. */
-export const DEFAULT_COMPRESSION_LEVEL = 6;
 
 /** The default bound on bytes of messages waiting to be written (see WriteSide.submit). */
 export const DEFAULT_WRITE_QUEUE_LIMIT = 8 * 1024 * 1024;

@@ -10,7 +10,7 @@
  */
 
 import type { CloseError } from "../protocol/close.js";
-import { ErrorCode, type FailureHost } from "../protocol/errors.js";
+import { ErrorCode, type FailureCode, type FailureHost } from "../protocol/errors.js";
 import { MessageType } from "../protocol/frame.js";
 import { Utf8Validator } from "../protocol/payload.js";
 import { InboundMessage } from "./inbound-message.js";
@@ -67,6 +67,8 @@ export class ReadQueue implements BudgetAccount {
   private wake: ((this: unknown) => void) | undefined;
   private wakeThis: unknown;
   private error: CloseError | undefined;
+  /** The queue failed the connection for what arrived; it takes effect on the next turn. */
+  private halted = false;
   private closeReading = false;
 
   constructor(
@@ -89,7 +91,7 @@ export class ReadQueue implements BudgetAccount {
     this.receiving = message;
     if (this.error) return true;
     if (this.closeReading) {
-      this.host.fail(ErrorCode.UnexpectedData, "unexpected data message after closeRead");
+      this.halt(ErrorCode.UnexpectedData, "unexpected data message after closeRead");
       return false;
     }
     if (this.last === undefined) this.first = message;
@@ -112,7 +114,7 @@ export class ReadQueue implements BudgetAccount {
     message.declared = message.size + length;
     this.finalFrame = fin;
     if (this.error || !message.claimed || message.declared <= this.readLimit) return true;
-    this.host.fail(ErrorCode.MessageTooBig, this.tooBig(message.declared));
+    this.halt(ErrorCode.MessageTooBig, this.tooBig(message.declared));
     return false;
   }
 
@@ -141,13 +143,13 @@ export class ReadQueue implements BudgetAccount {
 
   /** appendPayload adds (decompressed) payload bytes to the message being received. */
   appendPayload(chunk: Buffer): void {
-    if (this.error) return;
+    if (this.error || this.halted) return;
     const message = this.receiving!;
     if (message.type === MessageType.Text && !this.utf8().push(chunk)) {
-      return this.host.fail(ErrorCode.InvalidUtf8, "text message is not valid UTF-8");
+      return this.halt(ErrorCode.InvalidUtf8, "text message is not valid UTF-8");
     }
     const size = message.size + chunk.length;
-    if (message.claimed && size > this.readLimit) return this.host.fail(ErrorCode.MessageTooBig, this.tooBig(size));
+    if (message.claimed && size > this.readLimit) return this.halt(ErrorCode.MessageTooBig, this.tooBig(size));
     if (message.discard) {
       message.size = size;
       return;
@@ -163,6 +165,33 @@ export class ReadQueue implements BudgetAccount {
     this.charge(message, message.held - held, !last);
   }
 
+  /**
+   * appendWhole adds the whole payload of the message being received, in
+   * one piece (decompressed by one call), and completes the message.
+   */
+  appendWhole(payload: Buffer): void {
+    const message = this.receiving!;
+    message.declared = message.size + payload.length;
+    this.finalFrame = true;
+    this.appendPayload(payload);
+    this.endMessage();
+  }
+
+  /**
+   * allowance is how many more bytes the message being received may have
+   * under the read limit: Infinity until a read claims it (the limit applies
+   * then, as admitsFrame says).
+   */
+  get allowance(): number {
+    const message = this.receiving!;
+    return message.claimed ? this.readLimit - message.size : Infinity;
+  }
+
+  /** tooLarge fails the connection with 1009 for a message of at least `size` bytes. */
+  tooLarge(size: number): void {
+    this.halt(ErrorCode.MessageTooBig, this.tooBig(size));
+  }
+
   /** endMessage completes the message being received. */
   endMessage(): void {
     const message = this.receiving!;
@@ -170,10 +199,12 @@ export class ReadQueue implements BudgetAccount {
       this.receiving = undefined;
       return;
     }
+    // Failing (the close comes on the next turn): the message must not complete meanwhile.
+    if (this.halted) return;
     // Still `receiving` while failing, so terminate() fails this message and
     // wakes a read waiting for its end.
     if (message.type === MessageType.Text && !this.utf8().end()) {
-      return this.host.fail(ErrorCode.InvalidUtf8, "text message ends inside a UTF-8 sequence");
+      return this.halt(ErrorCode.InvalidUtf8, "text message ends inside a UTF-8 sequence");
     }
     this.receiving = undefined;
     message.complete = true;
@@ -367,6 +398,12 @@ export class ReadQueue implements BudgetAccount {
 
   private utf8(): Utf8Validator {
     return (this.utf8Validator ??= new Utf8Validator());
+  }
+
+  /** halt fails the connection for what the peer sent, and stops taking its bytes meanwhile. */
+  private halt(errorCode: FailureCode, message: string): void {
+    this.halted = true;
+    this.host.fail(errorCode, message);
   }
 
   private tooBig(size: number): string {

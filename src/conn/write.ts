@@ -15,7 +15,7 @@ import type { CloseError } from "../protocol/close.js";
 import { codedError, ErrorCode, type FailureHost } from "../protocol/errors.js";
 import { firstHeaderByte, frameHeaderSize, MessageType, Opcode, writeFrameHeader } from "../protocol/frame.js";
 import { EMPTY_PAYLOAD, maskInto, readMaskWord } from "../protocol/payload.js";
-import type { FrameVariant, MessageDeflater } from "./deflate.js";
+import type { DeflateTuning, FrameVariant, MessageDeflater } from "./deflate.js";
 import { DEFAULT_WRITE_QUEUE_LIMIT } from "./options.js";
 
 /** Data accepted by write: bytes, or a string sent as its UTF-8 encoding. */
@@ -46,6 +46,32 @@ export function checkMessageType(type: MessageType): void {
   }
 }
 
+/**
+ * WriteOptions are the per-message options of `write`, `writePrepared` and
+ * Hub broadcasts.
+ */
+export interface WriteOptions {
+  /** Rejects the write when aborted before any byte of the message went out (see `write`). */
+  signal?: AbortSignal | undefined;
+  /**
+   * compress: false sends this message uncompressed (data already
+   * compressed, say) when permessage-deflate was negotiated; true (the
+   * default) leaves the choice to the connection's threshold and
+   * enableWriteCompression.
+   */
+  compress?: boolean | undefined;
+}
+
+/** writeOptions splits the last argument of a write: a signal (the older form) or WriteOptions. */
+export function writeOptions(options: AbortSignal | WriteOptions | undefined): WriteOptions {
+  if (options === undefined) return NO_OPTIONS;
+  if (options instanceof AbortSignal) return { signal: options };
+  if (typeof options !== "object" || options === null) throw new TypeError("write options must be an AbortSignal or an object");
+  return options;
+}
+
+const NO_OPTIONS: WriteOptions = Object.freeze({});
+
 /** Compression of outgoing messages, when permessage-deflate was negotiated. */
 export interface WriteCompression {
   deflater: MessageDeflater;
@@ -53,8 +79,10 @@ export interface WriteCompression {
   threshold: number;
   /** Off after enableWriteCompression(false). */
   enabled: boolean;
-  /** The LZ77 window this end's compressor may use (RFC 7692 §7.1.2). */
-  windowBits: number;
+  /** The compressor's parameters: window (RFC 7692 §7.1.2), memLevel, level. */
+  tuning: DeflateTuning;
+  /** The PreparedMessage variant for these parameters, made on first use. */
+  variant: FrameVariant | undefined;
 }
 
 /** A write waiting for the socket to drain. */
@@ -124,23 +152,41 @@ export class WriteSide extends AbortableLock {
   }
 
   /** write implements Conn.write. */
-  write(type: MessageType, data: MessageData, signal?: AbortSignal): Promise<void> {
+  write(type: MessageType, data: MessageData, options?: AbortSignal | WriteOptions): Promise<void> {
     let payload: Uint8Array;
+    let signal: AbortSignal | undefined;
+    let compress: boolean | undefined;
     try {
       checkMessageType(type);
       payload = toPayload(data);
+      ({ signal, compress } = writeOptions(options));
     } catch (err) {
       return Promise.reject(err);
     }
     const compression = this.compression;
-    if (compression === undefined || !compression.enabled || payload.length < compression.threshold) {
+    if (compression === undefined || !compression.enabled || compress === false || payload.length < compression.threshold) {
       return this.submit(() => this.writeFrame(firstHeaderByte(true, false, type), payload), signal, payload.length);
     }
-    const send = async (): Promise<boolean> => {
-      const compressed = await compression.deflater.compress(payload, true);
-      // Nothing follows a close frame (RFC 6455 §5.5.1).
-      if (this.error) throw this.error;
-      return this.writeFrame(firstHeaderByte(true, true, type), compressed);
+    const send = (): boolean | Promise<boolean> => {
+      let compressed: Buffer | Promise<Buffer>;
+      try {
+        compressed = compression.deflater.compressMessage(payload);
+      } catch (err) {
+        return Promise.reject(err as Error);
+      }
+      // Small messages are compressed at once, on this thread: written like plain ones.
+      if (!(compressed instanceof Promise)) return this.writeFrame(firstHeaderByte(true, true, type), compressed);
+      return compressed.then(
+        (out) => {
+          // Nothing follows a close frame (RFC 6455 §5.5.1).
+          if (this.error) throw this.error;
+          return this.writeFrame(firstHeaderByte(true, true, type), out);
+        },
+        // Closed meanwhile: the close is the reason, not the compressor that was stopped.
+        (err: unknown) => {
+          throw this.error ?? err;
+        },
+      );
     };
     return this.submit(send, signal, payload.length);
   }
@@ -153,11 +199,10 @@ export class WriteSide extends AbortableLock {
     const write = this.masked
       ? () => this.writeFrame(prepared.firstByte, prepared.payload)
       : () => this.writeBatched(prepared.frame);
-    // A compressed prepared frame is its own deflate stream, but the peer's
-    // window now holds its bytes: with context takeover our compressor's
-    // back-references would point at the wrong data, so it starts afresh.
+    // A compressed prepared frame is its own deflate stream, and the peer's
+    // window now holds its bytes: with context takeover ours must too.
     const compressed = (prepared.firstByte & RSV1) !== 0;
-    const send = compressed ? () => (this.compression?.deflater.release(), write()) : write;
+    const send = compressed ? () => (this.compression?.deflater.remember(prepared.data), write()) : write;
     return this.submit(send, signal, prepared.frame.length);
   }
 
@@ -439,6 +484,8 @@ export interface PreparedFrame {
   firstByte: number;
   /** The payload alone (compressed when the variant compresses). */
   payload: Uint8Array;
+  /** The message's data, uncompressed. */
+  data: Buffer;
 }
 
 /**
@@ -454,14 +501,21 @@ export class PreparedMessage {
   readonly type: MessageType;
   /** The message payload, uncompressed. */
   readonly data: Buffer;
+  /** False: sent uncompressed to every connection (the `compress` option). */
+  readonly compress: boolean;
   private readonly variants = new Map<string, PreparedFrame>();
   /** How many frames were built, one per variant used (for tests and metrics). */
   framings = 0;
 
-  constructor(type: MessageType, data: MessageData) {
+  /**
+   * `options.compress: false` sends the message uncompressed to every
+   * connection, whatever they negotiated (data already compressed, say).
+   */
+  constructor(type: MessageType, data: MessageData, options?: { compress?: boolean | undefined }) {
     checkMessageType(type);
     this.type = type;
     this.data = Buffer.from(toPayload(data));
+    this.compress = options?.compress !== false;
   }
 
   /** frameFor returns (building it on first use) the frame of `variant`. */
@@ -481,6 +535,6 @@ export class PreparedMessage {
     const frame = Buffer.allocUnsafe(frameHeaderSize(payload.length, false) + payload.length);
     const offset = writeFrameHeader(frame, 0, firstByte, payload.length, false);
     frame.set(payload, offset);
-    return { frame, firstByte, payload };
+    return { frame, firstByte, payload, data: this.data };
   }
 }

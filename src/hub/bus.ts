@@ -243,23 +243,29 @@ export class RedisBus implements HubBus {
 /** The first byte of an envelope: its format version. */
 const ENVELOPE_VERSION = 1;
 
+/** Set in an envelope's type byte for a message sent with `compress: false`. */
+const UNCOMPRESSED_FLAG = 0x80;
+
 /** A hub message as it travels on the bus. */
 export interface Envelope {
   /** The id of the node that published it. */
   node: string;
   type: MessageType;
   data: Buffer;
+  /** False when it was broadcast with `compress: false`. */
+  compress: boolean;
 }
 
 /**
- * encodeEnvelope lays out a message for the bus: version, message type, the
- * length of the node id (1–255 bytes), the node id, then the payload as is,
- * so binary messages cross the broker without re-encoding.
+ * encodeEnvelope lays out a message for the bus: version, message type
+ * (with UNCOMPRESSED_FLAG for `compress: false`), the length of the node id
+ * (1–255 bytes), the node id, then the payload as is, so binary messages
+ * cross the broker without re-encoding.
  */
-export function encodeEnvelope(node: Buffer, type: MessageType, data: Uint8Array): Buffer {
+export function encodeEnvelope(node: Buffer, type: MessageType, data: Uint8Array, compress = true): Buffer {
   const out = Buffer.allocUnsafe(3 + node.length + data.length);
   out[0] = ENVELOPE_VERSION;
-  out[1] = type;
+  out[1] = compress ? type : type | UNCOMPRESSED_FLAG;
   out[2] = node.length;
   node.copy(out, 3);
   out.set(data, 3 + node.length);
@@ -270,12 +276,12 @@ export function encodeEnvelope(node: Buffer, type: MessageType, data: Uint8Array
 export function decodeEnvelope(bytes: unknown): Envelope | string {
   if (!Buffer.isBuffer(bytes)) return "the bus delivered a message that is not a Buffer (subscribe in buffer mode)";
   if (bytes.length < 3 || bytes[0] !== ENVELOPE_VERSION) return "the bus delivered a message that is not a hub envelope";
-  const type = bytes[1]!;
+  const type = bytes[1]! & ~UNCOMPRESSED_FLAG;
   const nodeEnd = 3 + bytes[2]!;
   if ((type !== MessageType.Text && type !== MessageType.Binary) || bytes[2] === 0 || nodeEnd > bytes.length) {
     return "the bus delivered a malformed hub envelope";
   }
-  return { node: bytes.toString("utf8", 3, nodeEnd), type, data: bytes.subarray(nodeEnd) };
+  return { node: bytes.toString("utf8", 3, nodeEnd), type, data: bytes.subarray(nodeEnd), compress: (bytes[1]! & UNCOMPRESSED_FLAG) === 0 };
 }
 
 /** checkNodeId returns the node id as bytes; it throws a RangeError unless it is 1–255 bytes. */
@@ -337,8 +343,8 @@ export class BusLink {
   }
 
   /** send publishes a message on the channel of `topic` (undefined: broadcasts). */
-  send(topic: string | undefined, type: MessageType, data: Uint8Array): void {
-    const envelope = encodeEnvelope(this.node, type, data);
+  send(topic: string | undefined, type: MessageType, data: Uint8Array, compress = true): void {
+    const envelope = encodeEnvelope(this.node, type, data, compress);
     this.track(() => this.bus.publish(this.channel(topic), envelope));
   }
 

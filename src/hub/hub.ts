@@ -327,8 +327,13 @@ export class Hub<Meta = Record<string, unknown>> extends EventEmitter<HubEvents<
     dataOrOptions: MessageData | SendOptions<Meta> | undefined,
     maybeOptions: SendOptions<Meta> | undefined,
   ): [PreparedMessage, SendOptions<Meta> | undefined] {
-    if (typeOrMessage instanceof PreparedMessage) return [typeOrMessage, dataOrOptions as SendOptions<Meta> | undefined];
-    const message = new PreparedMessage(typeOrMessage, dataOrOptions as MessageData);
+    if (typeOrMessage instanceof PreparedMessage) {
+      const options = dataOrOptions as SendOptions<Meta> | undefined;
+      if (options?.compress !== false || !typeOrMessage.compress) return [typeOrMessage, options];
+      this.counters.prepared++;
+      return [new PreparedMessage(typeOrMessage.type, typeOrMessage.data, { compress: false }), options];
+    }
+    const message = new PreparedMessage(typeOrMessage, dataOrOptions as MessageData, { compress: maybeOptions?.compress });
     this.counters.prepared++;
     return [message, maybeOptions];
   }
@@ -462,7 +467,7 @@ export class Hub<Meta = Record<string, unknown>> extends EventEmitter<HubEvents<
   private publishOnBus(topic: string | undefined, message: PreparedMessage): void {
     if (this.link === undefined) return;
     this.counters.busSent++;
-    this.link.send(topic, message.type, message.data);
+    this.link.send(topic, message.type, message.data, message.compress);
   }
 
   private onBusMessage(topic: string | undefined, envelope: Envelope): void {
@@ -470,7 +475,7 @@ export class Hub<Meta = Record<string, unknown>> extends EventEmitter<HubEvents<
     this.counters.busReceived++;
     const states = topic === undefined ? this.byConn.values() : this.topicMembers.get(topic);
     if (states === undefined) return;
-    const message = new PreparedMessage(envelope.type, envelope.data);
+    const message = new PreparedMessage(envelope.type, envelope.data, { compress: envelope.compress });
     this.counters.prepared++;
     this.deliverAll(states, message);
   }

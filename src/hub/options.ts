@@ -106,6 +106,11 @@ export interface SendOptions<Meta> {
   except?: HubClient<Meta>;
   /** Only clients for which it returns true receive the message. */
   filter?: (client: HubClient<Meta>) => boolean;
+  /**
+   * compress: false sends the message uncompressed to every client, also on
+   * the other nodes of the bus (see WriteOptions). Default true.
+   */
+  compress?: boolean | undefined;
 }
 
 /** HubStats are the hub's counters since it was made. */

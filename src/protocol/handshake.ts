@@ -137,26 +137,69 @@ export function isWebSocketUpgrade(req: IncomingMessage): boolean {
 
 /**
  * CompressionMode selects permessage-deflate: `"disabled"` (the default)
- * neither offers nor accepts it; `"context-takeover"` keeps a compression
- * window across messages (best ratio, about 300 KiB of zlib state per active
- * connection); `"no-context-takeover"` compresses each message on its own
- * (worse ratio, no zlib state kept between messages).
+ * neither offers nor accepts it; `"context-takeover"` lets each message refer
+ * to the ones before it (best ratio; wsconn keeps the last 2^maxWindowBits
+ * bytes each way, 64 KiB per connection at the default 15 bits);
+ * `"no-context-takeover"` compresses each message on its own (worse ratio,
+ * nothing kept between messages).
  */
 export type CompressionMode = "disabled" | "context-takeover" | "no-context-takeover";
 
+/**
+ * CompressionSettings tune permessage-deflate beyond its mode (RFC 7692 §7.1).
+ * Giving them turns compression on.
+ */
+export interface CompressionSettings {
+  /** Default "context-takeover". */
+  mode?: "context-takeover" | "no-context-takeover" | undefined;
+  /**
+   * maxWindowBits, 8–15, bounds the LZ77 window both ways: this end
+   * compresses with at most 2^maxWindowBits bytes of history and requires
+   * the peer to do the same (a server answers `client_max_window_bits`, a
+   * client offers `server_max_window_bits`); with context takeover that is
+   * the memory each direction keeps per connection. A server declines the
+   * offer of a client that cannot be asked (it sent no
+   * `client_max_window_bits`) when it would have to keep context for it; a
+   * client fails the handshake if the server ignores the bound. With 8 this
+   * end sends uncompressed messages (zlib has no 256-byte window). Default 15.
+   */
+  maxWindowBits?: number | undefined;
+  /**
+   * memLevel, 1–9: zlib's memory for compressing one message, 2^(memLevel+9)
+   * bytes of hash chains, held only while the message is compressed.
+   * Lower is smaller and slightly worse. Default 8.
+   */
+  memLevel?: number | undefined;
+  /** zlib level, 0–9 (0 stores, 1 is fastest, 9 smallest). Default `compressionLevel`, else 6. */
+  level?: number | undefined;
+}
+
 /** CompressionOptions are shared by accept, serve and dial. */
 export interface CompressionOptions {
-  /** permessage-deflate mode. Default "disabled". */
-  compression?: CompressionMode;
+  /** permessage-deflate: a mode, or settings (which imply "context-takeover" unless they say otherwise). Default "disabled". */
+  compression?: CompressionMode | CompressionSettings | undefined;
   /**
    * Messages shorter than this many bytes are sent uncompressed, where
    * deflate's framing costs more than it saves. Default 128 with context
    * takeover, 512 without (see docs/compression.md for the measurements).
    */
-  compressionThreshold?: number;
-  /** zlib compression level, 0–9. Default 6. */
-  compressionLevel?: number;
+  compressionThreshold?: number | undefined;
+  /** zlib compression level, 0–9. Default 6. `compression.level` wins when both are given. */
+  compressionLevel?: number | undefined;
 }
+
+/** DeflateConfig is this end's compression configuration, resolved from the options. */
+export interface DeflateConfig {
+  mode: "context-takeover" | "no-context-takeover";
+  maxWindowBits: number;
+  memLevel: number;
+  level: number;
+}
+
+/** The default zlib level: a good ratio for text at a fraction of level 9's cost. */
+export const DEFAULT_COMPRESSION_LEVEL = 6;
+/** zlib's own default memLevel. */
+export const DEFAULT_MEM_LEVEL = 8;
 
 const MODES: ReadonlySet<string> = new Set(["disabled", "context-takeover", "no-context-takeover"]);
 
@@ -164,21 +207,53 @@ const MODES: ReadonlySet<string> = new Set(["disabled", "context-takeover", "no-
  * checkCompressionOptions validates the compression options before a
  * handshake starts, so that a misconfiguration is reported by accept and
  * dial instead of surfacing once the connection is open. Throws a TypeError
- * for an unknown mode and a RangeError for a level other than an integer
- * 0–9 or a threshold that is negative or not a number.
+ * for an unknown mode or a compression value that is neither a mode nor an
+ * object, and a RangeError for a level other than an integer 0–9, a
+ * memLevel other than 1–9, window bits other than 8–15, or a threshold that
+ * is negative or not a number.
  */
 export function checkCompressionOptions(options: CompressionOptions): void {
   const { compression, compressionLevel, compressionThreshold } = options;
-  if (compression !== undefined && !MODES.has(compression)) {
-    throw new TypeError(`compression must be "disabled", "context-takeover" or "no-context-takeover", not ${JSON.stringify(compression)}`);
+  if (typeof compression === "object" && compression !== null) {
+    const { mode, maxWindowBits, memLevel, level } = compression;
+    if (mode !== undefined && mode !== "context-takeover" && mode !== "no-context-takeover") {
+      throw new TypeError(`compression.mode must be "context-takeover" or "no-context-takeover", not ${JSON.stringify(mode)}`);
+    }
+    checkInteger("compression.maxWindowBits", maxWindowBits, 8, 15);
+    checkInteger("compression.memLevel", memLevel, 1, 9);
+    checkInteger("compression.level", level, 0, 9);
+  } else if (compression !== undefined && !MODES.has(compression)) {
+    throw new TypeError(`compression must be "disabled", "context-takeover", "no-context-takeover" or settings, not ${JSON.stringify(compression)}`);
   }
-  if (compressionLevel !== undefined && !(Number.isInteger(compressionLevel) && compressionLevel >= 0 && compressionLevel <= 9)) {
-    throw new RangeError(`compressionLevel must be an integer from 0 to 9, not ${String(compressionLevel)}`);
-  }
+  checkInteger("compressionLevel", compressionLevel, 0, 9);
   if (compressionThreshold !== undefined && !(typeof compressionThreshold === "number" && compressionThreshold >= 0)) {
     throw new RangeError(`compressionThreshold must be a non-negative number, not ${String(compressionThreshold)}`);
   }
 }
+
+function checkInteger(name: string, value: number | undefined, min: number, max: number): void {
+  if (value !== undefined && !(Number.isInteger(value) && value >= min && value <= max)) {
+    throw new RangeError(`${name} must be an integer from ${min} to ${max}, not ${String(value)}`);
+  }
+}
+
+/**
+ * deflateConfig resolves the compression options (already checked) into
+ * this end's configuration, or undefined when compression is disabled.
+ */
+export function deflateConfig(compression: CompressionOptions["compression"], compressionLevel?: number): DeflateConfig | undefined {
+  if (compression === undefined || compression === "disabled") return undefined;
+  const settings: CompressionSettings = typeof compression === "string" ? { mode: compression } : compression;
+  return {
+    mode: settings.mode ?? "context-takeover",
+    maxWindowBits: settings.maxWindowBits ?? 15,
+    memLevel: settings.memLevel ?? DEFAULT_MEM_LEVEL,
+    level: settings.level ?? compressionLevel ?? DEFAULT_COMPRESSION_LEVEL,
+  };
+}
+
+/** A compression option value, or a resolved DeflateConfig (which is one too). */
+type CompressionInput = CompressionOptions["compression"];
 
 /** defaultThreshold returns the compression threshold used when none is given. */
 export function defaultThreshold(settings: DeflateSettings): number {
@@ -204,57 +279,76 @@ export interface DeflateSettings {
   sendNoContextTakeover: boolean;
   /** The peer resets its compressor after every message: this end may reset its decompressor. */
   receiveNoContextTakeover: boolean;
-  /** The window this end's compressor may use. */
+  /** The window this end's compressor uses: what was agreed, within this end's maxWindowBits. */
   sendWindowBits: number;
+  /** The window the peer's compressor may use: how far back its messages may refer. */
+  receiveWindowBits: number;
+  /** zlib memLevel and level of this end's compressor. */
+  memLevel: number;
+  level: number;
   /** The response header value, e.g. "permessage-deflate; client_no_context_takeover". */
   header: string;
 }
 
 /** settingsFor turns agreed parameters into one role's settings. */
-export function settingsFor(params: DeflateParams, role: "client" | "server", header: string): DeflateSettings {
+export function settingsFor(params: DeflateParams, role: "client" | "server", header: string, compression?: CompressionInput): DeflateSettings {
   const server = role === "server";
+  const config = deflateConfig(compression);
+  const agreed = server ? params.serverMaxWindowBits : params.clientMaxWindowBits;
   return {
     sendNoContextTakeover: server ? params.serverNoContextTakeover : params.clientNoContextTakeover,
     receiveNoContextTakeover: server ? params.clientNoContextTakeover : params.serverNoContextTakeover,
-    sendWindowBits: server ? params.serverMaxWindowBits : params.clientMaxWindowBits,
+    sendWindowBits: Math.min(agreed, config?.maxWindowBits ?? 15),
+    receiveWindowBits: server ? params.clientMaxWindowBits : params.serverMaxWindowBits,
+    memLevel: config?.memLevel ?? DEFAULT_MEM_LEVEL,
+    level: config?.level ?? DEFAULT_COMPRESSION_LEVEL,
     header,
   };
 }
 
-/** clientOffer returns the Sec-WebSocket-Extensions value a client sends for `mode`. */
-export function clientOffer(mode: CompressionMode | undefined): string | undefined {
-  if (mode === undefined || mode === "disabled") return undefined;
-  if (mode === "no-context-takeover") {
-    return `${PERMESSAGE_DEFLATE}; server_no_context_takeover; client_no_context_takeover; client_max_window_bits`;
-  }
-  return `${PERMESSAGE_DEFLATE}; client_max_window_bits`;
+/** clientOffer returns the Sec-WebSocket-Extensions value a client sends for its compression options. */
+export function clientOffer(compression: CompressionInput): string | undefined {
+  const config = deflateConfig(compression);
+  if (config === undefined) return undefined;
+  const bits = config.maxWindowBits;
+  // Below 15 the server is asked for a window as small as this end's, and told this end's.
+  const windows = bits < 15 ? `; server_max_window_bits=${bits}; client_max_window_bits=${bits}` : "; client_max_window_bits";
+  if (config.mode === "no-context-takeover") return `${PERMESSAGE_DEFLATE}; server_no_context_takeover; client_no_context_takeover${windows}`;
+  return `${PERMESSAGE_DEFLATE}${windows}`;
 }
 
 /**
  * selectOffer is the server's choice: the first permessage-deflate offer it
  * can accept, with the parameters to answer. Offers with unknown, duplicated
- * or invalid parameters are declined as §5 requires, not failed.
+ * or invalid parameters are declined as §5 requires, not failed. With
+ * maxWindowBits below 15 both windows are bounded by it (§7.1.2); an offer
+ * without client_max_window_bits is declined when the client would keep
+ * context (its window could not be bounded).
  */
-export function selectOffer(
-  header: string | string[] | undefined,
-  mode: CompressionMode | undefined,
-): { params: DeflateParams; response: string } | undefined {
-  if (mode === undefined || mode === "disabled") return undefined;
+export function selectOffer(header: string | string[] | undefined, compression: CompressionInput): { params: DeflateParams; response: string } | undefined {
+  const config = deflateConfig(compression);
+  if (config === undefined) return undefined;
   const offers = parseExtensions(header);
   if (offers === undefined) return undefined;
+  const bits = config.maxWindowBits;
   for (const offer of offers) {
     if (offer.name !== PERMESSAGE_DEFLATE) continue;
     const params = parseOfferParams(offer);
     if (params === undefined) continue;
-    if (mode === "no-context-takeover") {
+    if (config.mode === "no-context-takeover") {
       params.serverNoContextTakeover = true;
       params.clientNoContextTakeover = true;
+    }
+    params.serverMaxWindowBits = Math.min(params.serverMaxWindowBits, bits);
+    if (bits < 15) {
+      const clientBits = offer.params.some(([name]) => name === "client_max_window_bits");
+      if (!clientBits && !params.clientNoContextTakeover) continue;
+      if (clientBits) params.clientMaxWindowBits = Math.min(params.clientMaxWindowBits, bits);
     }
     return { params, response: formatResponse(params, offer) };
   }
   return undefined;
 }
-
 /** parseOfferParams validates one offer's parameters (§7.1), or returns undefined to decline it. */
 function parseOfferParams(offer: ExtensionOffer): DeflateParams | undefined {
   const params = defaultParams();
@@ -289,7 +383,7 @@ function formatResponse(params: DeflateParams, offer: ExtensionOffer): string {
     response.params.push(["server_max_window_bits", String(params.serverMaxWindowBits)]);
   }
   const clientBits = offer.params.find(([name]) => name === "client_max_window_bits");
-  if (clientBits !== undefined && clientBits[1] !== true) {
+  if (clientBits !== undefined && (clientBits[1] !== true || params.clientMaxWindowBits < 15)) {
     response.params.push(["client_max_window_bits", String(params.clientMaxWindowBits)]);
   }
   return formatExtension(response);
@@ -297,28 +391,41 @@ function formatResponse(params: DeflateParams, offer: ExtensionOffer): string {
 
 /**
  * acceptResponse checks the server's Sec-WebSocket-Extensions answer against
- * what a client in `mode` offered. It returns the agreed parameters
+ * what a client with these compression options offered. It returns the agreed parameters
  * (undefined when the server declined), or a string saying why the answer is
  * invalid, which fails the handshake (§7.1: the client MUST fail the
  * connection). In "no-context-takeover" mode the client resets its own
  * compressor after every message even when the server's answer leaves
- * client_no_context_takeover out, as its offer announced (§7.1.1.2).
+ * client_no_context_takeover out, as its offer announced (§7.1.1.2). With
+ * maxWindowBits below 15, an answer without server_max_window_bits, or with
+ * window bits above it, is refused (§7.1.2.1).
  */
 export function acceptResponse(
   header: string | string[] | undefined,
-  mode: CompressionMode | undefined,
+  compression: CompressionInput,
 ): { params: DeflateParams | undefined; header: string } | string {
   if (header === undefined) return { params: undefined, header: "" };
   const elements = parseExtensions(header);
   if (elements === undefined) return `malformed Sec-WebSocket-Extensions ${JSON.stringify(header)}`;
   if (elements.length === 0) return { params: undefined, header: "" };
   const [element] = elements;
-  if (clientOffer(mode) === undefined || elements.length > 1 || element!.name !== PERMESSAGE_DEFLATE) {
+  const config = deflateConfig(compression);
+  if (config === undefined || elements.length > 1 || element!.name !== PERMESSAGE_DEFLATE) {
     return `server selected extensions ${JSON.stringify(header)} which were not offered`;
   }
   const params = parseResponseParams(element!);
   if (params === undefined) return `invalid permessage-deflate parameters in ${JSON.stringify(header)}`;
-  if (mode === "no-context-takeover") params.clientNoContextTakeover = true;
+  const bits = config.maxWindowBits;
+  if (bits < 15) {
+    // Offered as server_max_window_bits=bits and client_max_window_bits=bits (§7.1.2).
+    const answered = element!.params.some(([name]) => name === "server_max_window_bits");
+    if (!answered) return `server ignored server_max_window_bits=${bits} in ${JSON.stringify(header)}`;
+    const clientAnswered = element!.params.some(([name]) => name === "client_max_window_bits");
+    if (params.serverMaxWindowBits > bits || (clientAnswered && params.clientMaxWindowBits > bits)) {
+      return `server answered window bits above the ${bits} offered in ${JSON.stringify(header)}`;
+    }
+  }
+  if (config.mode === "no-context-takeover") params.clientNoContextTakeover = true;
   return { params, header: formatExtension(element!) };
 }
 

@@ -16,7 +16,7 @@ import { checkConnOptions, type ConnOptions, DEFAULT_HANDSHAKE_TIMEOUT, type Han
 import { handshakeRefusedChannel } from "../internal/diagnostics.js";
 import { isNoTimeout } from "../internal/waiting.js";
 import { codedError, ErrorCode, HandshakeError } from "../protocol/errors.js";
-import { acceptKey, checkCompressionOptions, checkHeaders, type CompressionOptions, hasToken, headerList, isValidKey, selectOffer, settingsFor, singleHeader } from "../protocol/handshake.js";
+import { acceptKey, checkCompressionOptions, checkHeaders, type CompressionOptions, deflateConfig, hasToken, headerList, isValidKey, selectOffer, settingsFor, singleHeader } from "../protocol/handshake.js";
 
 /** AcceptOptions configure `accept` (and `serve`). Every field is optional. */
 export interface AcceptOptions extends ConnOptions, CompressionOptions, HandshakeTimeouts {
@@ -113,10 +113,11 @@ async function handshake(req: IncomingMessage, socket: Socket, head: Buffer, opt
     throw new HandshakeError("failed to accept: the client went away during the handshake", 0);
   }
   const subprotocol = selectSubprotocol(req, options.subprotocols);
-  const compression = selectOffer(req.headers["sec-websocket-extensions"], options.compression);
+  const config = deflateConfig(options.compression, options.compressionLevel);
+  const compression = selectOffer(req.headers["sec-websocket-extensions"], config);
   const extensions = compression?.response ?? "";
   socket.write(switchingProtocols(req, subprotocol, extensions, options.headers));
-  const deflate = compression && settingsFor(compression.params, "server", extensions);
+  const deflate = compression && settingsFor(compression.params, "server", extensions, config);
   const inboundBudget = options.inboundBudget ?? InboundBudget.shared;
   return new Conn(socket, head, { ...options, role: "server", subprotocol, deflate, inboundBudget });
 }

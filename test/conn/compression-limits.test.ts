@@ -301,14 +301,24 @@ interface ZlibState {
 /** zlibState peeks at whether a Conn holds zlib streams (private fields, for this test only). */
 function zlibState(conn: Conn): ZlibState {
   // Internals, on purpose: this test is about what the connection keeps.
-  const c = conn as unknown as {
-    inbound: { inflater?: { stream?: unknown } };
-    writes: { compression?: { deflater: { stream?: unknown } } };
-  };
+  const c = internals(conn);
   return { inflater: c.inbound.inflater?.stream !== undefined, deflater: c.writes.compression?.deflater.stream !== undefined };
 }
 
-t.test("zlib state: kept only with context takeover, released on close", async (t) => {
+/** windowBytes is what a Conn keeps of its context takeover windows, each way. */
+function windowBytes(conn: Conn): { inbound: number; outbound: number } {
+  const c = internals(conn);
+  return { inbound: c.inbound.inflater?.windowSize ?? 0, outbound: c.writes.compression?.deflater.windowSize ?? 0 };
+}
+
+function internals(conn: Conn): {
+  inbound: { inflater?: { stream?: unknown; windowSize: number } };
+  writes: { compression?: { deflater: { stream?: unknown; windowSize: number } } };
+} {
+  return conn as never;
+}
+
+t.test("zlib state: never kept between messages; a window only with context takeover; all released on close", async (t) => {
   for (const mode of ["context-takeover", "no-context-takeover"] as CompressionMode[]) {
     const srv = await deflateServer(t, { compression: mode });
     const client = await dial(srv.url, { compression: mode });
@@ -320,12 +330,17 @@ t.test("zlib state: kept only with context takeover, released on close", async (
     await conn.write(MessageType.Binary, big);
     await client.read();
     const keep = mode === "context-takeover";
-    t.same(zlibState(conn), { inflater: keep, deflater: keep }, `${mode}: server after one message each way`);
-    t.same(zlibState(client), { inflater: keep, deflater: keep }, `${mode}: client after one message each way`);
+    t.same(zlibState(conn), { inflater: false, deflater: false }, `${mode}: server after one message each way: no zlib stream`);
+    t.same(zlibState(client), { inflater: false, deflater: false }, `${mode}: client after one message each way: no zlib stream`);
+    const window = keep ? 4096 : 0;
+    t.same(windowBytes(conn), { inbound: window, outbound: window }, `${mode}: the server keeps ${window} B of window each way`);
+    t.same(windowBytes(client), { inbound: window, outbound: window }, `${mode}: the client too`);
     await client.close();
     await conn.closed;
     t.same(zlibState(conn), { inflater: false, deflater: false }, `${mode}: server released on close`);
     t.same(zlibState(client), { inflater: false, deflater: false }, `${mode}: client released on close`);
+    t.same(windowBytes(conn), { inbound: 0, outbound: 0 }, `${mode}: server windows freed on close`);
+    t.same(windowBytes(client), { inbound: 0, outbound: 0 }, `${mode}: client windows freed on close`);
   }
   // A connection dropped in the middle of a compressed message releases too.
   const srv = await deflateServer(t);
@@ -397,9 +412,11 @@ t.test(`memory per connection, ${CONNECTIONS} connections per mode, wsconn vs ws
   // Generous bounds: the figures themselves go to docs/compression.md.
   t.ok(get("wsconn disabled").activeRss < 64 * KiB, "wsconn without compression: under 64 KiB RSS per connection");
   t.ok(get("wsconn no-context-takeover").activeRss < 64 * KiB, "wsconn no-context-takeover: no zlib state kept, under 64 KiB");
-  t.ok(get("wsconn context-takeover").activeRss > 100 * KiB, "wsconn context-takeover: zlib windows kept (over 100 KiB)");
-  t.ok(get("wsconn context-takeover").idleRss < 64 * KiB, "wsconn context-takeover, idle without traffic: no zlib state yet");
-  t.ok(get("wsconn context-takeover").activeRss < 600 * KiB, "wsconn context-takeover: under 600 KiB");
+  const windows = get("wsconn context-takeover").active - get("wsconn disabled").active;
+  t.ok(windows > 3 * KiB, `wsconn context-takeover: keeps its windows (${kib(windows)} more than without compression)`);
+  t.ok(get("wsconn context-takeover").idleRss < 64 * KiB, "wsconn context-takeover, idle without traffic: no window yet");
+  t.ok(get("wsconn context-takeover").activeRss < 80 * KiB, "wsconn context-takeover: under 80 KiB (windows, not zlib streams)");
+  t.ok(get("ws context-takeover").activeRss > 2 * get("wsconn context-takeover").activeRss, "under half of ws's, which keeps zlib streams");
 });
 
 function kib(bytes: number): string {

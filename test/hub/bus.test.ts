@@ -137,13 +137,17 @@ t.test("envelope format", async (t) => {
   const node = Buffer.from("n1");
   const env = encodeEnvelope(node, MessageType.Binary, Buffer.from([9, 8]));
   t.same([...env], [1, 2, 2, 0x6e, 0x31, 9, 8], "version, type, node length, node, payload");
-  t.same(decodeEnvelope(env), { node: "n1", type: MessageType.Binary, data: Buffer.from([9, 8]) });
-  t.same(decodeEnvelope(encodeEnvelope(node, MessageType.Text, Buffer.alloc(0))), { node: "n1", type: MessageType.Text, data: Buffer.alloc(0) });
+  t.same(decodeEnvelope(env), { node: "n1", type: MessageType.Binary, data: Buffer.from([9, 8]), compress: true });
+  t.same(decodeEnvelope(encodeEnvelope(node, MessageType.Text, Buffer.alloc(0))), { node: "n1", type: MessageType.Text, data: Buffer.alloc(0), compress: true });
+  const plain = encodeEnvelope(node, MessageType.Text, Buffer.from("z"), false);
+  t.equal(plain[1], 0x81, "compress: false sets the type byte's high bit");
+  t.same(decodeEnvelope(plain), { node: "n1", type: MessageType.Text, data: Buffer.from("z"), compress: false });
   const cases: Array<[string, unknown, RegExp]> = [
     ["not a buffer", "x", /not a Buffer/],
     ["too short", Buffer.from([1, 1]), /not a hub envelope/],
     ["wrong version", Buffer.from([2, 1, 1, 0x61]), /not a hub envelope/],
     ["bad type", Buffer.from([1, 3, 1, 0x61]), /malformed/],
+    ["bad type with the uncompressed flag", Buffer.from([1, 0x83, 1, 0x61]), /malformed/],
     ["empty node id", Buffer.from([1, 1, 0]), /malformed/],
     ["node id past the end", Buffer.from([1, 1, 5, 0x61]), /malformed/],
   ];

@@ -237,12 +237,18 @@ t.test("a no-context-takeover client resets its compressor whatever the server a
 
 t.test("settingsFor maps agreed parameters to each role", async (t) => {
   const params: DeflateParams = { serverNoContextTakeover: true, clientNoContextTakeover: false, serverMaxWindowBits: 10, clientMaxWindowBits: 12 };
-  t.same(settingsFor(params, "server", "h"), { sendNoContextTakeover: true, receiveNoContextTakeover: false, sendWindowBits: 10, header: "h" });
-  t.same(settingsFor(params, "client", "h"), { sendNoContextTakeover: false, receiveNoContextTakeover: true, sendWindowBits: 12, header: "h" });
+  const zlibDefaults = { memLevel: 8, level: 6 };
+  t.same(settingsFor(params, "server", "h"), { sendNoContextTakeover: true, receiveNoContextTakeover: false, sendWindowBits: 10, receiveWindowBits: 12, ...zlibDefaults, header: "h" });
+  t.same(settingsFor(params, "client", "h"), { sendNoContextTakeover: false, receiveNoContextTakeover: true, sendWindowBits: 12, receiveWindowBits: 10, ...zlibDefaults, header: "h" });
+  t.same(
+    settingsFor(params, "client", "h", { mode: "context-takeover", maxWindowBits: 11, memLevel: 3, level: 1 }),
+    { sendNoContextTakeover: false, receiveNoContextTakeover: true, sendWindowBits: 11, receiveWindowBits: 10, memLevel: 3, level: 1, header: "h" },
+    "this end's maxWindowBits bounds its own window; memLevel and level are its own",
+  );
 });
 
 t.test("defaultThreshold depends on context takeover", async (t) => {
-  const base = { receiveNoContextTakeover: false, sendWindowBits: 15, header: "" };
+  const base = { receiveNoContextTakeover: false, sendWindowBits: 15, receiveWindowBits: 15, memLevel: 8, level: 6, header: "" };
   t.equal(defaultThreshold({ ...base, sendNoContextTakeover: false }), 128);
   t.equal(defaultThreshold({ ...base, sendNoContextTakeover: true }), 512);
 });
