@@ -19,10 +19,28 @@ const blocks = [...readFileSync(join(root, "README.md"), "utf8").matchAll(/```ts
 const dir = mkdtempSync(join(root, ".readme-test-"));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 
+/**
+ * Loaded before each example: tells the test, over the IPC channel, when a
+ * server of the example listens, so that it dials once instead of retrying
+ * while the child starts (which, on a loaded machine, took longer than any
+ * bound on retries).
+ */
+const reportListening = join(dir, "report-listening.mjs");
+writeFileSync(
+  reportListening,
+  `import net from "node:net";
+const listen = net.Server.prototype.listen;
+net.Server.prototype.listen = function (...args) {
+  this.once("listening", () => process.send?.({ listening: this.address().port }));
+  return listen.apply(this, args);
+};
+`,
+);
+
 function run(name: string, code: string, port: number): ChildProcess {
   const file = join(dir, `${name}.mjs`);
   writeFileSync(file, code.replaceAll("8080", String(port)));
-  return spawn(process.execPath, [file], { stdio: ["ignore", "pipe", "pipe"] });
+  return spawn(process.execPath, ["--import", reportListening, file], { stdio: ["ignore", "pipe", "pipe", "ipc"] });
 }
 
 function output(child: ChildProcess): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -33,20 +51,20 @@ function output(child: ChildProcess): Promise<{ code: number | null; stdout: str
   return once(child, "exit").then(([code]) => ({ code: code as number | null, stdout, stderr }));
 }
 
-/** dialWhenUp dials until the server child listens; each try awaits the refusal, no timer. */
+/** dialWhenUp dials once the server child says it listens on `port`; it fails if the child exits first. */
 async function dialWhenUp(port: number, child: ChildProcess) {
-  let exited = false;
-  child.once("exit", () => (exited = true));
-  for (let attempt = 0; attempt < 2000 && !exited; attempt++) {
-    try {
-      return await dial(`ws://127.0.0.1:${port}`);
-    } catch (err) {
-      // Refused before the child listens; reset if it is killed or restarts.
-      if (!["ECONNREFUSED", "ECONNRESET"].includes((err as { code?: string }).code ?? "")) throw err;
-      await new Promise((resolve) => setImmediate(resolve));
-    }
-  }
-  throw new Error("the example server never listened");
+  await new Promise<void>((resolve, reject) => {
+    const onMessage = (message: { listening?: number }): void => {
+      if (message.listening !== port) return;
+      child.off("exit", onExit);
+      child.off("message", onMessage);
+      resolve();
+    };
+    const onExit = (code: number | null): void => reject(new Error(`the example server exited (${code}) before it listened`));
+    child.on("message", onMessage);
+    child.once("exit", onExit);
+  });
+  return dial(`ws://127.0.0.1:${port}`);
 }
 
 function block(fragment: string): string {

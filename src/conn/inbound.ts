@@ -65,6 +65,15 @@ export interface InboundOptions {
  */
 const INFLATE_BATCH_MAX = 16 * 1024;
 
+/**
+ * What a zlib stream inflating one message holds besides the message's own
+ * bytes (its 16 KiB output buffer, a 32 KiB window, ~7 KiB of state),
+ * charged to the process budget while the message is received: ten thousand
+ * peers each beginning a large compressed message cannot hold half a
+ * gigabyte of zlib streams unbounded.
+ */
+export const INFLATE_STREAM_COST = 56 * 1024;
+
 /** Inbound is the parser's sink and the read side's host for one connection. */
 export class Inbound implements FrameSink, ReadQueueHost {
   private readonly parser: FrameParser;
@@ -74,6 +83,8 @@ export class Inbound implements FrameSink, ReadQueueHost {
   /** A small compressed message in one frame, copied here to be inflated by one call (with room for TAIL). */
   private whole: Buffer | undefined;
   private wholeLength = 0;
+  /** The message being streamed to zlib was charged INFLATE_STREAM_COST. */
+  private streamCharged = false;
   private pauseReasons = 0;
   /** Compressed payload of this socket read not yet handed to zlib. */
   private inflateBatch: Buffer[] | undefined;
@@ -114,6 +125,7 @@ export class Inbound implements FrameSink, ReadQueueHost {
     if (opcode !== Opcode.Continuation) {
       if (!this.queue.startMessage(opcode as MessageType)) return false;
       this.compressedMessage = rsv1;
+      this.streamCharged = false;
       if (rsv1 && fin && length <= FAST_INFLATE_MAX) {
         this.whole = Buffer.allocUnsafe(length + TAIL.length);
         this.wholeLength = 0;
@@ -259,6 +271,7 @@ export class Inbound implements FrameSink, ReadQueueHost {
     // is copied, so that zlib's queue never pins socket chunks it barely uses.
     const only = batch[0]!;
     const data = batch.length === 1 && only.length * 2 >= only.buffer.byteLength ? only : Buffer.concat(batch, size);
+    this.chargeStream();
     if (this.inflater!.write(data)) return;
     // The rest of a socket chunk keeps coming while paused: one drain listener is enough.
     if ((this.pauseReasons & PAUSE_INFLATER_FULL) !== 0) return;
@@ -286,8 +299,16 @@ export class Inbound implements FrameSink, ReadQueueHost {
     }
     if (out !== OUTPUT_OVER_CAP) return this.queue.appendWhole(out);
     if (limitDecides) return this.queue.tooLarge(allowance + 1);
+    this.chargeStream();
     this.inflater!.write(data.subarray(0, this.wholeLength));
     this.endInflate();
+  }
+
+  /** chargeStream charges the message its zlib stream, once (may shed this connection). */
+  private chargeStream(): void {
+    if (this.streamCharged) return;
+    this.streamCharged = true;
+    this.queue.chargeBudget(INFLATE_STREAM_COST);
   }
 
   /** endInflate holds later frames until the message's last bytes are decompressed. */

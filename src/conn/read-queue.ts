@@ -187,6 +187,17 @@ export class ReadQueue implements BudgetAccount {
     return message.claimed ? this.readLimit - message.size : Infinity;
   }
 
+  /**
+   * chargeBudget counts `bytes` held outside the message for it (a zlib
+   * stream inflating it) against the process budget until the message ends,
+   * is streamed or is dropped; unread-byte accounting is not affected.
+   */
+  chargeBudget(bytes: number): void {
+    const message = this.receiving;
+    if (this.budget === undefined || message === undefined || message.streamed || this.error) return;
+    this.budget.adjust(this, bytes);
+  }
+
   /** tooLarge fails the connection with 1009 for a message of at least `size` bytes. */
   tooLarge(size: number): void {
     this.halt(ErrorCode.MessageTooBig, this.tooBig(size));

@@ -4,6 +4,8 @@
  * then many raw peers against a server, each holding an unfinished message.
  */
 
+import { randomBytes } from "node:crypto";
+import { constants, deflateRawSync } from "node:zlib";
 import t from "tap";
 import type { BudgetAccount } from "../../src/conn/options.js";
 import { DEFAULT_INBOUND_BUDGET, dial, ErrorCode, InboundBudget, MessageType, StatusCode } from "../../src/index.js";
@@ -179,4 +181,30 @@ t.test("streamed messages and complete messages do not count", async (t) => {
   t.equal(budget.shed, 0);
   peer.destroy();
   await conn.closed;
+});
+
+t.test("zlib streams of compressed messages being received count against the budget", async (t) => {
+  const budget = new InboundBudget(512 * KiB);
+  const srv = await startServer({ inboundBudget: budget, compression: "no-context-takeover" }, (conn) => void echo(conn));
+  t.teardown(() => srv.close());
+  // The first frame of a large compressed message: too big for the one-call path, so it is streamed.
+  const compressed = deflateRawSync(randomBytes(64 * KiB), { finishFlush: constants.Z_SYNC_FLUSH }).subarray(0, 20 * KiB);
+  const peers: RawPeer[] = [];
+  for (let i = 0; i < 16; i++) {
+    const peer = await rawConnect(srv.port, { headers: ["Sec-WebSocket-Extensions: permessage-deflate"] });
+    peers.push(peer);
+    await peer.send([{ opcode: Op.Binary, payload: compressed, fin: false, rsv: 4 }]);
+    await sync(peer);
+    t.ok(budget.used <= budget.limit, `after peer ${i}: ${Math.round(budget.used / KiB)} KiB held, within the budget`);
+  }
+  const outcomes: Array<"held" | number> = [];
+  for (const peer of peers) outcomes.push(await sync(peer));
+  const held = outcomes.filter((o) => o === "held").length;
+  const shed = outcomes.filter((o) => o === StatusCode.TryAgainLater).length;
+  t.equal(held + shed, 16, "every peer either holds its message or was closed with 1013");
+  // Each holds its 20 KiB, plus 56 KiB for its zlib stream: at most 6 fit in 512 KiB.
+  t.ok(held <= Math.floor((512 * KiB) / (76 * KiB)), `${held} holding, ${shed} shed: the zlib streams were counted`);
+  for (const peer of peers) peer.destroy();
+  await Promise.all(srv.conns.map((c) => c.closed));
+  t.equal(budget.used, 0, "every byte is released once the peers are gone");
 });
