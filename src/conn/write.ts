@@ -62,12 +62,21 @@ export interface WriteOptions {
   compress?: boolean | undefined;
 }
 
-/** writeOptions splits the last argument of a write: a signal (the older form) or WriteOptions. */
+/**
+ * writeOptions splits the last argument of a write: a signal (the older
+ * form) or WriteOptions. A signal is told by its shape, not by instanceof, so
+ * that one from another realm or a polyfill still counts as one.
+ */
 export function writeOptions(options: AbortSignal | WriteOptions | undefined): WriteOptions {
   if (options === undefined) return NO_OPTIONS;
-  if (options instanceof AbortSignal) return { signal: options };
   if (typeof options !== "object" || options === null) throw new TypeError("write options must be an AbortSignal or an object");
+  if (isAbortSignal(options)) return { signal: options };
   return options;
+}
+
+function isAbortSignal(value: object): value is AbortSignal {
+  const candidate = value as Partial<AbortSignal>;
+  return typeof candidate.aborted === "boolean" && typeof candidate.addEventListener === "function";
 }
 
 const NO_OPTIONS: WriteOptions = Object.freeze({});

@@ -157,11 +157,11 @@ export interface CompressionSettings {
    * compresses with at most 2^maxWindowBits bytes of history and requires
    * the peer to do the same (a server answers `client_max_window_bits`, a
    * client offers `server_max_window_bits`); with context takeover that is
-   * the memory each direction keeps per connection. A server declines the
-   * offer of a client that cannot be asked (it sent no
-   * `client_max_window_bits`) when it would have to keep context for it; a
-   * client fails the handshake if the server ignores the bound. With 8 this
-   * end sends uncompressed messages (zlib has no 256-byte window). Default 15.
+   * the memory each direction keeps per connection. A server answers a
+   * client that cannot be asked (its offer has no `client_max_window_bits`)
+   * with `client_no_context_takeover`, keeping no window for it; a client
+   * fails the handshake if the server ignores the bound. With 8 this end
+   * sends uncompressed messages (zlib has no 256-byte window). Default 15.
    */
   maxWindowBits?: number | undefined;
   /**
@@ -321,9 +321,9 @@ export function clientOffer(compression: CompressionInput): string | undefined {
  * selectOffer is the server's choice: the first permessage-deflate offer it
  * can accept, with the parameters to answer. Offers with unknown, duplicated
  * or invalid parameters are declined as §5 requires, not failed. With
- * maxWindowBits below 15 both windows are bounded by it (§7.1.2); an offer
- * without client_max_window_bits is declined when the client would keep
- * context (its window could not be bounded).
+ * maxWindowBits below 15 both windows are bounded by it (§7.1.2); a client
+ * whose offer has no client_max_window_bits (its window cannot be bounded)
+ * is answered client_no_context_takeover.
  */
 export function selectOffer(header: string | string[] | undefined, compression: CompressionInput): { params: DeflateParams; response: string } | undefined {
   const config = deflateConfig(compression);
@@ -341,9 +341,12 @@ export function selectOffer(header: string | string[] | undefined, compression: 
     }
     params.serverMaxWindowBits = Math.min(params.serverMaxWindowBits, bits);
     if (bits < 15) {
-      const clientBits = offer.params.some(([name]) => name === "client_max_window_bits");
-      if (!clientBits && !params.clientNoContextTakeover) continue;
-      if (clientBits) params.clientMaxWindowBits = Math.min(params.clientMaxWindowBits, bits);
+      // A client that cannot be asked for a window (Firefox offers none) is
+      // asked to take no context over instead, which §7.1.1.2 allows: this
+      // end then keeps no inbound window for it.
+      if (offer.params.some(([name]) => name === "client_max_window_bits")) {
+        params.clientMaxWindowBits = Math.min(params.clientMaxWindowBits, bits);
+      } else params.clientNoContextTakeover = true;
     }
     return { params, response: formatResponse(params, offer) };
   }

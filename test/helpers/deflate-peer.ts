@@ -172,8 +172,9 @@ export class PeerDeflater {
  * PeerInflater decompresses messages with a window of `windowBits`: a
  * message that refers further back than the window the sender promised
  * (server_max_window_bits / client_max_window_bits) fails with zlib's
- * "invalid distance too far back". Without context takeover every message
- * gets a new stream, so a sender that kept its context fails too.
+ * "invalid distance too far back" (to within an eighth of the window: the output chunk).
+ * Without context takeover every message gets a new stream, so a sender
+ * that kept its context fails too. A zlib error rejects `decompress`.
  */
 export class PeerInflater {
   private stream: zlib.InflateRaw | undefined;
@@ -186,10 +187,15 @@ export class PeerInflater {
   ) {}
 
   async decompress(payload: Buffer): Promise<Buffer> {
+    if (this.error) throw this.error;
     const stream = this.open();
     stream.write(payload);
     stream.write(TAIL);
-    await new Promise<void>((resolve) => stream.flush(zlib.constants.Z_SYNC_FLUSH, () => resolve()));
+    // zlib's error ends the stream without calling the flush callback: settle on either.
+    await new Promise<void>((resolve, reject) => {
+      stream.once("error", reject);
+      stream.flush(zlib.constants.Z_SYNC_FLUSH, () => (stream.off("error", reject), resolve()));
+    });
     await new Promise((resolve) => setImmediate(resolve));
     if (this.error) throw this.error;
     const out = Buffer.concat(this.chunks);
@@ -205,7 +211,11 @@ export class PeerInflater {
 
   private open(): zlib.InflateRaw {
     if (this.stream) return this.stream;
-    const stream = zlib.createInflateRaw({ windowBits: this.windowBits });
+    // Output chunks of an eighth of the window: zlib checks a distance
+    // against the window only past what the current output chunk holds, so
+    // with its default 16 KiB a reference 2 KiB too far back would still
+    // inflate; with these, one more than an eighth of the window too far fails.
+    const stream = zlib.createInflateRaw({ windowBits: this.windowBits, chunkSize: Math.max(64, 2 ** (this.windowBits - 3)) });
     stream.on("data", (c: Buffer) => this.chunks.push(c));
     stream.on("error", (err) => {
       this.error = err;
