@@ -15,7 +15,7 @@ import * as http from "node:http";
 import type * as net from "node:net";
 import type { AddressInfo } from "node:net";
 import t, { type Test } from "tap";
-import { accept, type CompressionMode, type Conn, MessageType } from "../src/index.js";
+import { accept, type CompressionMode, type CompressionSettings, type Conn, MessageType } from "../src/index.js";
 import { type Chromium, chromiumMissing, launchChromium } from "./helpers/chromium.js";
 
 const MiB = 1024 * 1024;
@@ -175,7 +175,7 @@ interface EchoServer {
 }
 
 /** startEchoServer listens on 127.0.0.1:0; /echo echoes every message and notes how it arrived, /close closes with 4001. */
-async function startEchoServer(t: Test, compression: CompressionMode): Promise<EchoServer> {
+async function startEchoServer(t: Test, compression: Compression): Promise<EchoServer> {
   const accepted: Array<(side: ServerSide) => void> = [];
   const server = http.createServer((req, res) => {
     if (req.method === "GET" && req.url === "/") res.writeHead(200, { "content-type": "text/html; charset=utf-8" }).end(PAGE);
@@ -221,16 +221,29 @@ async function startEchoServer(t: Test, compression: CompressionMode): Promise<E
   };
 }
 
-/** What wsconn answers to Chromium's offer in each mode (and so what both ends must report). */
-const NEGOTIATED: Record<CompressionMode, string> = {
-  "context-takeover": "permessage-deflate",
-  "no-context-takeover": "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
-  disabled: "",
-};
+/** A server's compression option, as accept takes it. */
+type Compression = CompressionMode | CompressionSettings;
+
+/** The server settings tried, and what wsconn answers to Chromium's offer with each (so what both ends must report). */
+const CASES: Array<{ label: string; compression: Compression; negotiated: string }> = [
+  { label: '"context-takeover"', compression: "context-takeover", negotiated: "permessage-deflate" },
+  {
+    label: '"no-context-takeover"',
+    compression: "no-context-takeover",
+    negotiated: "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+  },
+  {
+    label: "{ maxWindowBits: 10 }",
+    compression: { mode: "context-takeover", maxWindowBits: 10 },
+    negotiated: "permessage-deflate; client_max_window_bits=10",
+  },
+  { label: '"disabled"', compression: "disabled", negotiated: "" },
+];
 
 /** echoMatrix runs the page's echoAll against a server in `mode` and checks both sides. */
-async function echoMatrix(t: Test, browser: Chromium, mode: CompressionMode): Promise<void> {
-  const server = await startEchoServer(t, mode);
+async function echoMatrix(t: Test, browser: Chromium, { compression, negotiated }: (typeof CASES)[number]): Promise<void> {
+  const mode = typeof compression === "string" ? compression : "context-takeover";
+  const server = await startEchoServer(t, compression);
   const page = await browser.newPage(`${server.origin}/`);
   const serverSide = server.next();
   const summary = await browser.evaluate<EchoSummary>(page, `echoAll(${JSON.stringify(`${server.wsOrigin}/echo`)})`);
@@ -238,7 +251,7 @@ async function echoMatrix(t: Test, browser: Chromium, mode: CompressionMode): Pr
   t.comment(`Chromium offered: Sec-WebSocket-Extensions: ${offer}`);
   t.match(offer, /^permessage-deflate\b/, "Chromium offers permessage-deflate");
 
-  t.equal(conn.extensions, NEGOTIATED[mode], "the server's Conn reports the negotiated extension");
+  t.equal(conn.extensions, negotiated, "the server's Conn reports the negotiated extension");
   t.equal(summary.extensions, conn.extensions, "the browser's ws.extensions matches the server's");
   t.equal(summary.count, SIZES.length * 3, "every case was sent");
   t.same(summary.mismatches, [], "every echo is byte-exact in the page");
@@ -271,8 +284,8 @@ t.test("Chromium's WebSocket against a wsconn server, with and without permessag
   t.teardown(() => browser.close());
   t.comment(`browser: ${browser.version}`);
 
-  for (const mode of ["context-takeover", "no-context-takeover", "disabled"] as const) {
-    await t.test(`server compression "${mode}": every echo is exact`, (t) => echoMatrix(t, browser, mode));
+  for (const c of CASES) {
+    await t.test(`server compression ${c.label}: every echo is exact`, (t) => echoMatrix(t, browser, c));
   }
 
   await t.test("a close with 4001 and a reason reaches the page as a clean CloseEvent", async (t) => {

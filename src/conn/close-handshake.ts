@@ -164,6 +164,18 @@ export class CloseHandshake {
     this.terminate(err);
     if (this.sent || !this.host.sendCloseFrame(payload)) return;
     this.sent = true;
+    this.startCloseTimer();
+  }
+
+  /**
+   * startCloseTimer starts the closeTimeout clock, once: when the close frame
+   * goes out, or earlier, when close() must first wait for a message being
+   * compressed (which may wait its turn in the CompressionQueue): close()
+   * is bounded by closeTimeout from the call either way.
+   */
+  startCloseTimer(early = false): void {
+    // 0 means "drop once the close frame is written": not before it is.
+    if (early && this.closeTimeout === 0) return;
     const state = this.closingState;
     if (state.timer !== undefined) return;
     state.timer = startTimer(

@@ -240,8 +240,9 @@ export class Conn implements AsyncIterable<Message>, LivenessHost, SocketOwner {
    * frame and for the TCP connection to end, and resolves then. After
    * `closeTimeout` (5 s by default) it drops the socket instead; `closed` then
    * reports `wasClean: false`. A message still being compressed when close
-   * is called goes out first; pending reads and writes reject with a
-   * CloseError. Calling it again, or after the peer closed, waits for the
+   * is called goes out first, and `closeTimeout` then counts from the call
+   * (the compression may wait its turn in the CompressionQueue); pending
+   * reads and writes reject with a CloseError. Calling it again, or after the peer closed, waits for the
    * same end. Rejects with a RangeError for a code that may not be sent or a
    * reason that is too long.
    */
@@ -254,7 +255,9 @@ export class Conn implements AsyncIterable<Message>, LivenessHost, SocketOwner {
     } catch (err) {
       return Promise.reject(err);
     }
-    // A message being compressed when close() is called goes out before the close frame.
+    // A message being compressed when close() is called goes out before the
+    // close frame; closeTimeout bounds the wait for it too.
+    if (this.writes.compressionPending) this.handshake.startCloseTimer(true);
     this.writes.whenSent(() => {
       // A protocol error already found wins over this close.
       this.inbound.failNowIfPending();

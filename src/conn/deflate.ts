@@ -69,6 +69,8 @@ export class MessageDeflater {
   private output: Buffer[] = [];
   private outputLength = 0;
   private closed = false;
+  /** The reject of a compression waiting for a queue slot, so that close() need not wait for its turn. */
+  private waiting: ((err: Error) => void) | undefined;
 
   constructor(
     tuning: DeflateTuning,
@@ -96,12 +98,12 @@ export class MessageDeflater {
       this.window?.append(data);
       return withoutTail(out);
     }
+    if (this.closed) return Promise.reject(new Error("connection closed"));
     return new Promise<Buffer>((resolve, reject) => {
+      this.waiting = reject;
       this.queue.run(() => {
-        if (this.closed) {
-          this.queue.release();
-          return reject(new Error("connection closed"));
-        }
+        if (this.closed) return this.queue.release();
+        this.waiting = undefined;
         zlib.deflateRaw(data, options, (err, out) => {
           this.queue.release();
           if (err !== null) return reject(err);
@@ -118,12 +120,12 @@ export class MessageDeflater {
    * with `fin` the message ends and its stream is freed.
    */
   compress(data: Uint8Array, fin: boolean): Promise<Buffer> {
+    if (this.closed) return Promise.reject(new Error("connection closed"));
     return new Promise<Buffer>((resolve, reject) => {
+      this.waiting = reject;
       this.queue.run(() => {
-        if (this.closed) {
-          this.queue.release();
-          return reject(new Error("connection closed"));
-        }
+        if (this.closed) return this.queue.release();
+        this.waiting = undefined;
         const stream = this.open();
         const onError = (err: Error): void => {
           this.queue.release();
@@ -151,9 +153,16 @@ export class MessageDeflater {
     this.window?.append(data);
   }
 
-  /** close frees everything: the connection is closed. Later compressions reject. */
+  /**
+   * close frees everything: the connection is closed. A compression waiting
+   * for the queue rejects at once (its slot is given back unused when its
+   * turn comes); later compressions reject too.
+   */
   close(): void {
     this.closed = true;
+    const waiting = this.waiting;
+    this.waiting = undefined;
+    waiting?.(new Error("connection closed"));
     this.releaseStream();
     this.window?.clear();
   }

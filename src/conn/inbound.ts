@@ -283,12 +283,17 @@ export class Inbound implements FrameSink, ReadQueueHost {
    * inflateWhole decompresses a small one-frame message with one call. Its
    * output is capped by the read limit when a read already claimed the
    * message (1009 past it), else by FAST_INFLATE_OUTPUT: a message that
-   * inflates to more is streamed instead, its bytes counted as they come.
+   * inflates to more is streamed instead, its bytes counted as they come, as
+   * is every message while the socket is paused for the reader.
    */
   private inflateWhole(): void {
     const data = this.whole!;
     this.whole = undefined;
     TAIL.copy(data, this.wholeLength);
+    // Past the unread mark, the rest of the socket chunk must wait: a stream
+    // holds the parser until the reader catches up, where one call each
+    // would inflate every small frame of the chunk (128 KiB apiece).
+    if (this.pausedForReader) return this.streamWhole(data);
     const allowance = this.queue.allowance;
     const limitDecides = allowance < FAST_INFLATE_OUTPUT;
     let out: Buffer | typeof OUTPUT_OVER_CAP;
@@ -299,6 +304,11 @@ export class Inbound implements FrameSink, ReadQueueHost {
     }
     if (out !== OUTPUT_OVER_CAP) return this.queue.appendWhole(out);
     if (limitDecides) return this.queue.tooLarge(allowance + 1);
+    this.streamWhole(data);
+  }
+
+  /** streamWhole streams a one-frame message instead (`data` ends with TAIL, which end() adds itself). */
+  private streamWhole(data: Buffer): void {
     this.chargeStream();
     this.inflater!.write(data.subarray(0, this.wholeLength));
     this.endInflate();

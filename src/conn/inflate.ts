@@ -196,7 +196,8 @@ export class MessageInflater {
   /** writeNext runs with a slot: it hands zlib the oldest waiting chunk. */
   private writeNext(): void {
     this.queued = false;
-    if (this.stopped || this.backlog.length === 0 || this.writing) return this.queue.release();
+    // Paused meanwhile: resume() asks again.
+    if (this.stopped || this.paused || this.backlog.length === 0 || this.writing) return this.queue.release();
     this.holding = true;
     const chunk = this.backlog.shift()!;
     const stream = this.open();
@@ -212,13 +213,15 @@ export class MessageInflater {
   /** resumeHolding runs with a slot, for a write that was paused in zlib. */
   private resumeHolding(): void {
     this.queued = false;
-    if (this.stopped || !this.writing || this.paused || this.holding) {
-      this.queue.release();
-      if (!this.stopped && !this.paused) this.stream?.resume();
+    if (this.stopped || this.paused) return this.queue.release();
+    this.stream?.resume();
+    if (this.writing && !this.holding) {
+      this.holding = true;
       return;
     }
-    this.holding = true;
-    this.stream?.resume();
+    // The paused write finished while this waited: the slot goes to the next chunk, if one waits.
+    this.queue.release();
+    this.pump();
   }
 
   /** written1 is the callback of one zlib write: the slot is given back, and the next chunk asked for. */

@@ -285,6 +285,11 @@ export class WriteSide extends AbortableLock {
     void this.compressing.then(fn);
   }
 
+  /** True while a message is being compressed (or waits for the CompressionQueue): whenSent would wait. */
+  get compressionPending(): boolean {
+    return this.compressing !== undefined;
+  }
+
   /** queuedBytes is the size of the messages waiting for their turn. */
   get queuedBytes(): number {
     return this.queued;
