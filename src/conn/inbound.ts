@@ -83,6 +83,8 @@ export class Inbound implements FrameSink, ReadQueueHost {
   /** A small compressed message in one frame, copied here to be inflated by one call (with room for TAIL). */
   private whole: Buffer | undefined;
   private wholeLength = 0;
+  /** The parser waits for the reader: a one-call inflate passed the unread mark. */
+  private heldForReader = false;
   /** The message being streamed to zlib was charged INFLATE_STREAM_COST. */
   private streamCharged = false;
   private pauseReasons = 0;
@@ -220,6 +222,14 @@ export class Inbound implements FrameSink, ReadQueueHost {
   resumeSocket(): void {
     this.inflater?.resume();
     this.resumeFor(PAUSE_UNREAD);
+    if (this.heldForReader) {
+      // On the next turn, as socket data would come: not inside the read that freed the room.
+      setImmediate(() => {
+        if (!this.heldForReader || this.pausedForReader) return;
+        this.heldForReader = false;
+        this.parser.resume();
+      });
+    }
   }
 
   // ---- decompression ----
@@ -283,17 +293,12 @@ export class Inbound implements FrameSink, ReadQueueHost {
    * inflateWhole decompresses a small one-frame message with one call. Its
    * output is capped by the read limit when a read already claimed the
    * message (1009 past it), else by FAST_INFLATE_OUTPUT: a message that
-   * inflates to more is streamed instead, its bytes counted as they come, as
-   * is every message while the socket is paused for the reader.
+   * inflates to more is streamed instead, its bytes counted as they come.
    */
   private inflateWhole(): void {
     const data = this.whole!;
     this.whole = undefined;
     TAIL.copy(data, this.wholeLength);
-    // Past the unread mark, the rest of the socket chunk must wait: a stream
-    // holds the parser until the reader catches up, where one call each
-    // would inflate every small frame of the chunk (128 KiB apiece).
-    if (this.pausedForReader) return this.streamWhole(data);
     const allowance = this.queue.allowance;
     const limitDecides = allowance < FAST_INFLATE_OUTPUT;
     let out: Buffer | typeof OUTPUT_OVER_CAP;
@@ -302,7 +307,17 @@ export class Inbound implements FrameSink, ReadQueueHost {
     } catch (err) {
       return this.fail(ErrorCode.InvalidCompressedData, `invalid compressed data: ${(err as Error).message}`);
     }
-    if (out !== OUTPUT_OVER_CAP) return this.queue.appendWhole(out);
+    if (out !== OUTPUT_OVER_CAP) {
+      this.queue.appendWhole(out);
+      // Past the unread mark the rest of the socket chunk must wait for the
+      // reader too: one call per small frame would inflate every frame of
+      // the chunk, 128 KiB apiece, into the queue.
+      if (this.pausedForReader && !this.heldForReader) {
+        this.heldForReader = true;
+        this.parser.suspend();
+      }
+      return;
+    }
     if (limitDecides) return this.queue.tooLarge(allowance + 1);
     this.streamWhole(data);
   }

@@ -100,7 +100,9 @@ export class MessageInflater {
         finishFlush: zlib.constants.Z_SYNC_FLUSH,
         maxOutputLength: cap,
         dictionary: this.window?.dictionary,
-        // An output buffer near the expected size: a 16 KiB one for each small message costs more than the inflate.
+        // One output buffer that usually holds it all (16 × the input, within the
+        // cap): a 16 KiB buffer for each 1 KiB message costs more than the
+        // inflate, and a 64 KiB message in 16 KiB pieces is copied together again.
         chunkSize: Math.min(INFLATE_CHUNK, Math.max(2048, data.length * 4)),
       });
     } catch (err) {

@@ -177,52 +177,38 @@ export class PeerDeflater {
  * that kept its context fails too. A zlib error rejects `decompress`.
  */
 export class PeerInflater {
-  private stream: zlib.InflateRaw | undefined;
-  private chunks: Buffer[] = [];
-  private error: Error | undefined;
+  /** The last 2^windowBits bytes inflated, the next message's dictionary (with context takeover). */
+  private window = Buffer.alloc(0);
 
   constructor(
     private readonly windowBits = 15,
     private readonly keepContext = true,
   ) {}
 
+  /**
+   * decompress inflates one message. It works synchronously, with output
+   * chunks of an eighth of the window: zlib checks a distance against the
+   * window only past what the current output chunk holds, so with its
+   * default 16 KiB a reference 2 KiB too far back would still inflate; with
+   * these, one more than an eighth of the window too far fails. (A stream
+   * with chunks that small is several times slower.)
+   */
   async decompress(payload: Buffer): Promise<Buffer> {
-    if (this.error) throw this.error;
-    const stream = this.open();
-    stream.write(payload);
-    stream.write(TAIL);
-    // zlib's error ends the stream without calling the flush callback: settle on either.
-    await new Promise<void>((resolve, reject) => {
-      stream.once("error", reject);
-      stream.flush(zlib.constants.Z_SYNC_FLUSH, () => (stream.off("error", reject), resolve()));
+    const out = zlib.inflateRawSync(Buffer.concat([payload, TAIL]), {
+      windowBits: this.windowBits,
+      finishFlush: zlib.constants.Z_SYNC_FLUSH,
+      chunkSize: Math.max(64, 2 ** (this.windowBits - 3)),
+      ...(this.window.length > 0 ? { dictionary: this.window } : {}),
     });
-    await new Promise((resolve) => setImmediate(resolve));
-    if (this.error) throw this.error;
-    const out = Buffer.concat(this.chunks);
-    this.chunks = [];
-    if (!this.keepContext) this.close();
+    if (this.keepContext) {
+      const joined = this.window.length === 0 ? out : Buffer.concat([this.window, out]);
+      this.window = Buffer.from(joined.subarray(Math.max(0, joined.length - 2 ** this.windowBits)));
+    }
     return out;
   }
 
   close(): void {
-    this.stream?.close();
-    this.stream = undefined;
-  }
-
-  private open(): zlib.InflateRaw {
-    if (this.stream) return this.stream;
-    // Output chunks of an eighth of the window: zlib checks a distance
-    // against the window only past what the current output chunk holds, so
-    // with its default 16 KiB a reference 2 KiB too far back would still
-    // inflate; with these, one more than an eighth of the window too far fails.
-    const stream = zlib.createInflateRaw({ windowBits: this.windowBits, chunkSize: Math.max(64, 2 ** (this.windowBits - 3)) });
-    stream.on("data", (c: Buffer) => this.chunks.push(c));
-    stream.on("error", (err) => {
-      this.error = err;
-      this.stream = undefined;
-    });
-    this.stream = stream;
-    return stream;
+    this.window = Buffer.alloc(0);
   }
 }
 
