@@ -103,7 +103,8 @@ export class MessageInflater {
         // One output buffer that usually holds it all (16 × the input, within the
         // cap): a 16 KiB buffer for each 1 KiB message costs more than the
         // inflate, and a 64 KiB message in 16 KiB pieces is copied together again.
-        chunkSize: Math.min(INFLATE_CHUNK, Math.max(2048, data.length * 4)),
+        // (zlib refuses chunks under 64 bytes; a read limit may be lower.)
+        chunkSize: Math.max(64, Math.min(cap, FAST_INFLATE_OUTPUT, Math.max(2048, data.length * 16))),
       });
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "ERR_BUFFER_TOO_LARGE") return OUTPUT_OVER_CAP;

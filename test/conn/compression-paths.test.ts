@@ -862,3 +862,18 @@ t.test("regression: close() is bounded by closeTimeout while a message waits in 
   await until(() => queue.active === 0 && queue.waiting === 0, "the queue to drain");
   t.same({ active: queue.active, waiting: queue.waiting }, { active: 0, waiting: 0 }, "the slot it was given is handed back unused");
 });
+
+t.test("a read limit under zlib's smallest output chunk: small messages pass, larger ones fail with 1009", async (t) => {
+  const srv = await startWsconnServer({ compression: "no-context-takeover", readLimit: 10 });
+  t.teardown(() => srv.close());
+  const accepted = srv.next();
+  const client = await dial(srv.url, { compression: "no-context-takeover", compressionThreshold: 0 });
+  t.teardown(() => client.closeNow());
+  const { conn } = await accepted;
+  const small = conn.read();
+  await client.write(MessageType.Text, "tiny");
+  t.equal((await small).text(), "tiny", "a 4-byte compressed message within a 10-byte limit arrives");
+  const large = rejection(conn.read());
+  await client.write(MessageType.Text, "x".repeat(100));
+  t.match(await large, { code: 1009, errorCode: ErrorCode.MessageTooBig }, "100 bytes against 10: 1009, not an error from zlib's options");
+});
