@@ -42,8 +42,7 @@ export class CompressionQueue {
   /** Index of the oldest waiting job in `jobs`: shifting an array is O(n). */
   private head = 0;
   private draining = false;
-  /** Jobs that had to wait for a slot, since the queue was made (for metrics). */
-  queued = 0;
+  private waited = 0;
 
   constructor(concurrency: number = DEFAULT_COMPRESSION_CONCURRENCY) {
     if (!Number.isInteger(concurrency) || concurrency < 1) {
@@ -62,13 +61,18 @@ export class CompressionQueue {
     return this.jobs.length - this.head;
   }
 
+  /** The jobs that had to wait for a slot since the queue was made (for metrics). */
+  get queued(): number {
+    return this.waited;
+  }
+
   /** @internal run starts `job` at once when a slot is free (synchronously), else when one frees up. */
   run(job: CompressionJob): void {
     if (this.running < this.concurrency) {
       this.running++;
       return job();
     }
-    this.queued++;
+    this.waited++;
     this.jobs.push(job);
   }
 
