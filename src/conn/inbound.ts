@@ -81,8 +81,7 @@ export class Inbound implements FrameSink, ReadQueueHost {
   private readonly inflater: MessageInflater | undefined;
   private compressedMessage = false;
   /** A small compressed message in one frame, copied here to be inflated by one call (with room for TAIL). */
-  private whole: Buffer | undefined;
-  private wholeLength = 0;
+  private whole: WholeMessage | undefined;
   /** The parser waits for the reader: a one-call inflate passed the unread mark. */
   private heldForReader = false;
   /** The message being streamed to zlib was charged INFLATE_STREAM_COST. */
@@ -129,8 +128,7 @@ export class Inbound implements FrameSink, ReadQueueHost {
       this.compressedMessage = rsv1;
       this.streamCharged = false;
       if (rsv1 && fin && length <= FAST_INFLATE_MAX) {
-        this.whole = Buffer.allocUnsafe(length + TAIL.length);
-        this.wholeLength = 0;
+        this.whole = new WholeMessage(length);
       }
     }
     // Compressed frames are checked as they inflate: their size says nothing.
@@ -147,8 +145,8 @@ export class Inbound implements FrameSink, ReadQueueHost {
     if (!this.compressedMessage) this.queue.appendPayload(chunk);
     else if (this.host.closing) return;
     else if (this.whole !== undefined) {
-      chunk.copy(this.whole, this.wholeLength);
-      this.wholeLength += chunk.length;
+      // Bytes held across socket reads count against the budget like any unfinished message's.
+      if (!this.whole.add(chunk)) this.queue.chargeBudget(chunk.length);
     } else this.inflate(chunk);
   }
 
@@ -296,9 +294,9 @@ export class Inbound implements FrameSink, ReadQueueHost {
    * inflates to more is streamed instead, its bytes counted as they come.
    */
   private inflateWhole(): void {
-    const data = this.whole!;
+    const whole = this.whole!;
     this.whole = undefined;
-    TAIL.copy(data, this.wholeLength);
+    const data = whole.withTail();
     const allowance = this.queue.allowance;
     const limitDecides = allowance < FAST_INFLATE_OUTPUT;
     let out: Buffer | typeof OUTPUT_OVER_CAP;
@@ -319,13 +317,9 @@ export class Inbound implements FrameSink, ReadQueueHost {
       return;
     }
     if (limitDecides) return this.queue.tooLarge(allowance + 1);
-    this.streamWhole(data);
-  }
-
-  /** streamWhole streams a one-frame message instead (`data` ends with TAIL, which end() adds itself). */
-  private streamWhole(data: Buffer): void {
+    // Streamed instead: end() adds the TAIL itself.
     this.chargeStream();
-    this.inflater!.write(data.subarray(0, this.wholeLength));
+    this.inflater!.write(data.subarray(0, data.length - TAIL.length));
     this.endInflate();
   }
 
@@ -348,6 +342,42 @@ export class Inbound implements FrameSink, ReadQueueHost {
       // The bytes held meanwhile may have begun the next compressed message: hand them over now.
       if (this.inflateBatch !== undefined) this.flushInflate();
     });
+  }
+}
+
+/**
+ * WholeMessage gathers the payload of a small compressed message in one
+ * frame, to be inflated by one call. Nothing is allocated from the declared
+ * length: a payload that arrives in one piece is copied once, behind room
+ * for the TAIL; one that arrives in several is copied piece by piece.
+ */
+class WholeMessage {
+  private single: Buffer | undefined;
+  private readonly parts: Buffer[] = [];
+  private length = 0;
+
+  constructor(private readonly declared: number) {}
+
+  /** add copies a piece of the payload; it returns false for a piece held across socket reads (to be charged). */
+  add(chunk: Buffer): boolean {
+    if (this.length === 0 && chunk.length === this.declared) {
+      const single = Buffer.allocUnsafe(chunk.length + TAIL.length);
+      chunk.copy(single);
+      this.single = single;
+      this.length = chunk.length;
+      return true;
+    }
+    this.parts.push(Buffer.from(chunk));
+    this.length += chunk.length;
+    return false;
+  }
+
+  /** withTail returns the payload followed by the four TAIL bytes. */
+  withTail(): Buffer {
+    const single = this.single;
+    if (single === undefined) return Buffer.concat([...this.parts, TAIL], this.length + TAIL.length);
+    TAIL.copy(single, this.length);
+    return single;
   }
 }
 

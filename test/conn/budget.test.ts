@@ -208,3 +208,40 @@ t.test("zlib streams of compressed messages being received count against the bud
   await Promise.all(srv.conns.map((c) => c.closed));
   t.equal(budget.used, 0, "every byte is released once the peers are gone");
 });
+
+t.test("a small compressed message held across socket reads counts against the budget", async (t) => {
+  const budget = new InboundBudget(64 * KiB);
+  const srv = await startServer({ inboundBudget: budget, compression: "no-context-takeover" }, (conn) => void echo(conn));
+  t.teardown(() => srv.close());
+  // One frame declaring 16 000 compressed bytes (the one-call path), of which
+  // 12 000 are sent: held until the rest comes. A ping could not tell when the
+  // server has them (it would be read as payload), so the test watches the budget.
+  const whole = encodeFrame({ opcode: Op.Binary, payload: randomBytes(16_000), rsv: 4 }, true);
+  const peers: RawPeer[] = [];
+  for (let i = 0; i < 8; i++) {
+    const peer = await rawConnect(srv.port, { headers: ["Sec-WebSocket-Extensions: permessage-deflate"] });
+    peers.push(peer);
+    const [used, shed] = [budget.used, budget.shed];
+    await peer.send(whole.subarray(0, whole.length - 4_000));
+    await until(() => budget.shed > shed || budget.used >= used + 11_000, "the server to hold the bytes, or shed");
+    t.ok(budget.used <= budget.limit, `after peer ${i}: ${Math.round(budget.used / KiB)} KiB held, within the budget`);
+  }
+  t.ok(budget.shed >= 8 - Math.floor((64 * KiB) / 12_000), `${budget.shed} shed with 1013: the bytes held for the one-call path were counted`);
+  const closes: number[] = [];
+  for (const peer of peers.slice(0, budget.shed)) {
+    const f = await peer.nextFrame();
+    if (f !== null && f !== "timeout" && f.opcode === Op.Close) closes.push(f.payload.readUInt16BE(0));
+  }
+  t.ok(closes.includes(StatusCode.TryAgainLater), "the oldest were told to try again later");
+  for (const peer of peers) peer.destroy();
+  await Promise.all(srv.conns.map((c) => c.closed));
+  t.equal(budget.used, 0, "every byte is released once the peers are gone");
+});
+
+async function until(condition: () => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + 5000;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
