@@ -194,11 +194,13 @@ export class Conn implements AsyncIterable<Message>, LivenessHost, SocketOwner {
    * close frames can still go out between its frames. An abort of `signal`
    * before its first frame destroys it and leaves the connection usable; an
    * abort, an error or destroy() after it fails the connection (1011), since
-   * the message is half sent. Throws a TypeError for a bad type.
+   * the message is half sent. The last argument is a signal or WriteOptions
+   * (`{ signal, compress: false }` sends the message uncompressed). Throws a
+   * TypeError for a bad type or options.
    */
-  writer(type: MessageType, signal?: AbortSignal): Writable {
+  writer(type: MessageType, options?: AbortSignal | WriteOptions): Writable {
     this.liveness?.dataMessage();
-    return this.writes.writer(type, signal);
+    return this.writes.writer(type, options);
   }
 
   /**

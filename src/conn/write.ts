@@ -343,9 +343,10 @@ export class WriteSide extends AbortableLock {
   }
 
   /** writer implements Conn.writer. */
-  writer(type: MessageType, signal?: AbortSignal): Writable {
+  writer(type: MessageType, options?: AbortSignal | WriteOptions): Writable {
     checkMessageType(type);
-    return new MessageWritable(this, type, signal);
+    const { signal, compress } = writeOptions(options);
+    return new MessageWritable(this, type, signal, compress !== false);
   }
 
   /**
@@ -415,6 +416,8 @@ class MessageWritable extends Writable {
     private readonly side: WriteSide,
     private readonly type: MessageType,
     private readonly signal: AbortSignal | undefined,
+    /** False: the message goes out uncompressed (WriteOptions.compress). */
+    private readonly compress: boolean,
   ) {
     super({ decodeStrings: true });
     this.ready = side.acquire(signal).then(() => {
@@ -456,7 +459,7 @@ class MessageWritable extends Writable {
     const first = !this.started;
     const opcode = first ? this.type : Opcode.Continuation;
     this.started = true;
-    if (first) this.deflater = this.side.compression?.enabled ? this.side.compression.deflater : undefined;
+    if (first) this.deflater = this.compress && this.side.compression?.enabled ? this.side.compression.deflater : undefined;
     if (this.deflater === undefined) return this.emitFrame(firstHeaderByte(fin, false, opcode), payload, fin, callback);
     // RSV1 marks the first frame of a compressed message only (RFC 7692 §6.1).
     this.deflater.compress(payload, fin).then(

@@ -694,6 +694,19 @@ t.test("write(type, data, { compress, signal }) and the positional signal", asyn
   await conn.write(MessageType.Text, "still usable");
   t.same(await read(), { rsv1: false, data: Buffer.from("still usable") }, "after them: the connection works (short: plain)");
 
+  // writer(type, { compress: false }): every frame plain; the default writer compresses.
+  for (const compress of [false, true]) {
+    const w = conn.writer(MessageType.Text, { compress });
+    w.end(X);
+    const first = await up.frames.nextNonControl();
+    const last = await up.frames.nextNonControl();
+    t.equal(first.rsv, compress ? 4 : 0, `writer { compress: ${compress} }: RSV1 ${compress ? "set" : "clear"} on its first frame`);
+    t.ok(last.fin && last.rsv === 0, "the final frame never carries RSV1");
+    const data = compress ? inflater.decompress(Buffer.concat([first.payload, last.payload])) : Buffer.concat([first.payload, last.payload]);
+    t.ok(data.equals(X), `writer { compress: ${compress} }: the data arrives`);
+  }
+  t.throws(() => conn.writer(MessageType.Text, 5 as never), TypeError, "writer with bad options: TypeError");
+
   // enableWriteCompression(false) wins over compress: true.
   conn.enableWriteCompression(false);
   await conn.write(MessageType.Text, X, { compress: true });
