@@ -131,19 +131,23 @@ export class MessageDeflater {
         if (this.closed) return this.queue.release();
         this.waiting = undefined;
         const stream = this.open();
-        const onError = (err: Error): void => {
+        // An error reaches both the 'error' listener and the write callback: settle, and give the slot back, once.
+        let settled = false;
+        const done = (err?: Error | null): void => {
+          if (settled) return;
+          settled = true;
+          stream.off("error", done);
           this.queue.release();
-          this.releaseStream();
-          reject(err);
-        };
-        stream.once("error", onError);
-        stream.write(data, () => {
-          stream.off("error", onError);
-          this.queue.release();
+          if (err) {
+            this.releaseStream();
+            return reject(err);
+          }
           if (this.stream !== stream) return reject(new Error("connection closed"));
           this.window?.append(data);
           resolve(this.takeOutput(fin));
-        });
+        };
+        stream.once("error", done);
+        stream.write(data, done);
       });
     });
   }

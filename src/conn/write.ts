@@ -464,7 +464,8 @@ class MessageWritable extends Writable {
     // RSV1 marks the first frame of a compressed message only (RFC 7692 §6.1).
     this.deflater.compress(payload, fin).then(
       (compressed) => this.emitFrame(firstHeaderByte(fin, first, opcode), compressed, fin, callback),
-      (err: Error) => callback(err),
+      // Closed meanwhile: the close is the reason, not the compressor that was stopped.
+      (err: Error) => callback(this.side.failure ?? err),
     );
   }
 

@@ -877,3 +877,32 @@ t.test("a read limit under zlib's smallest output chunk: small messages pass, la
   await client.write(MessageType.Text, "x".repeat(100));
   t.match(await large, { code: 1009, errorCode: ErrorCode.MessageTooBig }, "100 bytes against 10: 1009, not an error from zlib's options");
 });
+
+t.test("a writer dropped in the middle of a compressed message gives its queue slot back", async (t) => {
+  const queue = new CompressionQueue(1);
+  const srv = await startWsconnServer({ compression: "context-takeover", compressionQueue: queue });
+  t.teardown(() => srv.close());
+  const accepted = srv.next();
+  const client = await dial(srv.url, { compression: "context-takeover" });
+  t.teardown(() => client.closeNow());
+  const { conn } = await accepted;
+  const w = conn.writer(MessageType.Text);
+  const failed = new Promise<unknown>((resolve) => w.on("error", resolve));
+  const part = wordText(300_000, 5);
+  w.write(part);
+  w.write(part);
+  await until(() => queue.active === 1, "the writer's compression to start");
+  conn.closeNow();
+  const err = await failed;
+  t.ok(isCloseError(err, 1006), `the writer fails with the close error (${describeErr(err)})`);
+  await until(() => queue.active === 0 && queue.waiting === 0, "the slot to come back");
+  t.same({ active: queue.active, waiting: queue.waiting }, { active: 0, waiting: 0 }, "no slot is left taken");
+  // The queue still serves: another connection's large write goes through it.
+  const next = srv.next();
+  const other = await dial(srv.url, { compression: "context-takeover", readLimit: 1 << 20 });
+  t.teardown(() => other.closeNow());
+  const { conn: second } = await next;
+  const got = other.read();
+  await second.write(MessageType.Text, part);
+  t.ok((await got).data.equals(part), "the queue works for the next connection");
+});
