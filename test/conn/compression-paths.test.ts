@@ -815,12 +815,7 @@ t.test("regression: a streamed message completes when its reader catches up whil
 
 t.test("regression: a write waiting in the CompressionQueue rejects at once when its connection is dropped", async (t) => {
   const queue = new WatchedQueue(1);
-  const srv = await startWsconnServer({ compression: "context-takeover", compressionQueue: queue });
-  t.teardown(() => srv.close());
-  const accepted = srv.next();
-  const client = await dial(srv.url, { compression: "context-takeover" });
-  t.teardown(() => client.closeNow());
-  const { conn } = await accepted;
+  const { conn } = await queuedPair(t, { compressionQueue: queue });
   queue.run(() => undefined); // another connection's long zlib job holds the one slot
   let settled: unknown = "pending";
   const write = conn.write(MessageType.Text, wordText(100_000, 3)).then(
@@ -842,12 +837,7 @@ t.test("regression: a write waiting in the CompressionQueue rejects at once when
 
 t.test("regression: close() is bounded by closeTimeout while a message waits in the CompressionQueue", async (t) => {
   const queue = new CompressionQueue(1);
-  const srv = await startWsconnServer({ compression: "context-takeover", compressionQueue: queue, closeTimeout: 200 });
-  t.teardown(() => srv.close());
-  const accepted = srv.next();
-  const client = await dial(srv.url, { compression: "context-takeover" });
-  t.teardown(() => client.closeNow());
-  const { conn } = await accepted;
+  const { conn } = await queuedPair(t, { compressionQueue: queue, closeTimeout: 200 });
   queue.run(() => undefined); // another connection's long zlib job holds the one slot, and keeps it
   const write = conn.write(MessageType.Text, wordText(100_000, 4)).then(
     () => "resolved",
@@ -880,12 +870,7 @@ t.test("a read limit under zlib's smallest output chunk: small messages pass, la
 
 t.test("a writer dropped in the middle of a compressed message gives its queue slot back", async (t) => {
   const queue = new CompressionQueue(1);
-  const srv = await startWsconnServer({ compression: "context-takeover", compressionQueue: queue });
-  t.teardown(() => srv.close());
-  const accepted = srv.next();
-  const client = await dial(srv.url, { compression: "context-takeover" });
-  t.teardown(() => client.closeNow());
-  const { conn } = await accepted;
+  const { conn, srv } = await queuedPair(t, { compressionQueue: queue });
   const w = conn.writer(MessageType.Text);
   const failed = new Promise<unknown>((resolve) => w.on("error", resolve));
   const part = wordText(300_000, 5);
@@ -906,3 +891,13 @@ t.test("a writer dropped in the middle of a compressed message gives its queue s
   await second.write(MessageType.Text, part);
   t.ok((await got).data.equals(part), "the queue works for the next connection");
 });
+
+/** queuedPair opens a context-takeover server with `options` and one wsconn client to it; it returns the server side. */
+async function queuedPair(t: TestContext, options: AcceptOptions): Promise<{ conn: Conn; srv: Awaited<ReturnType<typeof startWsconnServer>> }> {
+  const srv = await startWsconnServer({ compression: "context-takeover", ...options });
+  t.teardown(() => srv.close());
+  const accepted = srv.next();
+  const client = await dial(srv.url, { compression: "context-takeover" });
+  t.teardown(() => client.closeNow());
+  return { conn: (await accepted).conn, srv };
+}
