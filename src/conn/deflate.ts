@@ -102,19 +102,13 @@ export class MessageDeflater {
       this.window?.append(data);
       return withoutTail(out);
     }
-    if (this.closed) return Promise.reject(new Error("connection closed"));
-    return new Promise<Buffer>((resolve, reject) => {
-      this.waiting = reject;
-      this.queue.run(() => {
-        if (this.closed) return this.queue.release();
-        this.waiting = undefined;
-        zlib.deflateRaw(data, options, (err, out) => {
-          this.queue.release();
-          if (err !== null) return reject(err);
-          if (this.closed) return reject(new Error("connection closed"));
-          this.window?.append(data);
-          resolve(withoutTail(out));
-        });
+    return this.withSlot((resolve, reject) => {
+      zlib.deflateRaw(data, options, (err, out) => {
+        this.queue.release();
+        if (err !== null) return reject(err);
+        if (this.closed) return reject(closedError());
+        this.window?.append(data);
+        resolve(withoutTail(out));
       });
     });
   }
@@ -124,30 +118,41 @@ export class MessageDeflater {
    * with `fin` the message ends and its stream is freed.
    */
   compress(data: Uint8Array, fin: boolean): Promise<Buffer> {
-    if (this.closed) return Promise.reject(new Error("connection closed"));
+    return this.withSlot((resolve, reject) => {
+      const stream = this.open();
+      // An error reaches both the 'error' listener and the write callback: settle, and give the slot back, once.
+      let settled = false;
+      const done = (err?: Error | null): void => {
+        if (settled) return;
+        settled = true;
+        stream.off("error", done);
+        this.queue.release();
+        if (err) {
+          this.releaseStream();
+          return reject(err);
+        }
+        if (this.stream !== stream) return reject(closedError());
+        this.window?.append(data);
+        resolve(this.takeOutput(fin));
+      };
+      stream.once("error", done);
+      stream.write(data, done);
+    });
+  }
+
+  /**
+   * withSlot runs `work` once the CompressionQueue gives this deflater a
+   * slot; `work` must release it. Until then close() may reject the
+   * compression at once; a slot granted after close is given back unused.
+   */
+  private withSlot(work: (resolve: (out: Buffer) => void, reject: (err: Error) => void) => void): Promise<Buffer> {
+    if (this.closed) return Promise.reject(closedError());
     return new Promise<Buffer>((resolve, reject) => {
       this.waiting = reject;
       this.queue.run(() => {
         if (this.closed) return this.queue.release();
         this.waiting = undefined;
-        const stream = this.open();
-        // An error reaches both the 'error' listener and the write callback: settle, and give the slot back, once.
-        let settled = false;
-        const done = (err?: Error | null): void => {
-          if (settled) return;
-          settled = true;
-          stream.off("error", done);
-          this.queue.release();
-          if (err) {
-            this.releaseStream();
-            return reject(err);
-          }
-          if (this.stream !== stream) return reject(new Error("connection closed"));
-          this.window?.append(data);
-          resolve(this.takeOutput(fin));
-        };
-        stream.once("error", done);
-        stream.write(data, done);
+        work(resolve, reject);
       });
     });
   }
@@ -170,7 +175,7 @@ export class MessageDeflater {
     this.closed = true;
     const waiting = this.waiting;
     this.waiting = undefined;
-    waiting?.(new Error("connection closed"));
+    waiting?.(closedError());
     this.releaseStream();
     this.window?.clear();
   }
@@ -217,6 +222,11 @@ export class MessageDeflater {
     this.outputLength = 0;
     detach(stream);
   }
+}
+
+/** closedError is why a compression of a closed connection fails (the write side reports the CloseError instead). */
+function closedError(): Error {
+  return new Error("connection closed");
 }
 
 /** withoutTail removes the sync flush's 00 00 ff ff from a one-shot compression (§7.2.1). */

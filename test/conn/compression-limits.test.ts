@@ -13,7 +13,7 @@
 
 import t from "tap";
 import { CloseError, type CompressionMode, type Conn, dial, MessageType } from "../../src/index.js";
-import { deflateMessage, frame, memorySample, type MemorySample, mib, PeerDeflater, rawUpgrade, type RawUpgrade, startAnsweringServer } from "../helpers/deflate-peer.js";
+import { deflateMessage, frame, memorySample, type MemorySample, MemoryWatch, mib, PeerDeflater, rawUpgrade, type RawUpgrade, startAnsweringServer } from "../helpers/deflate-peer.js";
 import { OP, rejection, startWsconnServer, type WsconnServer } from "../helpers/interop.js";
 import { type MemoryServer, startMemoryServer } from "../helpers/memory-child.js";
 
@@ -37,35 +37,6 @@ async function deflateServer(t: TestContext, options: Parameters<typeof startWsc
   const srv = await startWsconnServer({ compression: "context-takeover", ...options });
   t.teardown(() => srv.close());
   return srv;
-}
-
-/** MemoryWatch samples RSS and array buffers every millisecond to find the peak. */
-class MemoryWatch {
-  readonly base: MemorySample;
-  peakRss: number;
-  peakArrayBuffers: number;
-  private readonly timer: NodeJS.Timeout;
-
-  constructor() {
-    this.base = memorySample();
-    this.peakRss = this.base.rss;
-    this.peakArrayBuffers = this.base.arrayBuffers;
-    this.timer = setInterval(() => this.sample(), 1);
-  }
-
-  sample(): void {
-    const m = process.memoryUsage();
-    this.peakRss = Math.max(this.peakRss, m.rss);
-    this.peakArrayBuffers = Math.max(this.peakArrayBuffers, m.arrayBuffers);
-  }
-
-  stop(t: TestContext, label: string): { rss: number; arrayBuffers: number } {
-    this.sample();
-    clearInterval(this.timer);
-    const growth = { rss: this.peakRss - this.base.rss, arrayBuffers: this.peakArrayBuffers - this.base.arrayBuffers };
-    t.comment(`${label}: peak growth RSS ${mib(growth.rss)}, arrayBuffers ${mib(growth.arrayBuffers)}`);
-    return growth;
-  }
 }
 
 t.test("a 10 MiB bomb in one frame fails with 1009 against a 1 MiB read limit, memory flat", async (t) => {

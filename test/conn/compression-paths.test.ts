@@ -33,7 +33,7 @@ import { CompressionQueue } from "../../src/conn/compression-queue.js";
 import { FAST_INFLATE_MAX, FAST_INFLATE_OUTPUT, type MessageInflater, OUTPUT_OVER_CAP } from "../../src/conn/inflate.js";
 import { READ_HIGH_WATER_MARK } from "../../src/conn/options.js";
 import { type AcceptOptions, CloseError, type Conn, dial, type DialOptions, ErrorCode, type Message, MessageType, StatusCode, type StreamedMessage } from "../../src/index.js";
-import { deflateMessage, inflateMessage, memorySample, type MemorySample, mib, PeerDeflater } from "../helpers/deflate-peer.js";
+import { deflateMessage, inflateMessage, MemoryWatch, mib, PeerDeflater } from "../helpers/deflate-peer.js";
 import { type Accepted, rejection, rng, startWsconnServer, startWsServer, wsClient, wsMessages, wsNext } from "../helpers/interop.js";
 import { encodeFrames, frame, Op, rawConnect, type RawPeer, type ReceivedFrame, RSV1, startRawServer, switchingProtocols } from "../helpers/raw-peer.js";
 
@@ -214,35 +214,6 @@ function pathSince(log: PathLog, before: PathLog): Path | string {
 
 // ---- memory ----
 
-/** MemoryWatch records the peak of RSS and array buffers (sampled every ms and on demand) above a collected baseline. */
-class MemoryWatch {
-  readonly base: MemorySample;
-  private peakRss: number;
-  private peakArrayBuffers: number;
-  private readonly timer: NodeJS.Timeout;
-
-  constructor() {
-    this.base = memorySample();
-    this.peakRss = this.base.rss;
-    this.peakArrayBuffers = this.base.arrayBuffers;
-    this.timer = setInterval(() => this.sample(), 1);
-  }
-
-  sample(): void {
-    const m = process.memoryUsage();
-    this.peakRss = Math.max(this.peakRss, m.rss);
-    this.peakArrayBuffers = Math.max(this.peakArrayBuffers, m.arrayBuffers);
-  }
-
-  stop(t: TestContext, label: string): { rss: number; arrayBuffers: number } {
-    this.sample();
-    clearInterval(this.timer);
-    const growth = { rss: this.peakRss - this.base.rss, arrayBuffers: this.peakArrayBuffers - this.base.arrayBuffers };
-    t.comment(`memory, ${label}: peak growth RSS ${mib(growth.rss)}, arrayBuffers ${mib(growth.arrayBuffers)}`);
-    return growth;
-  }
-}
-
 /** A CompressionQueue that records the most operations it ever had in progress, and how many jobs it ran. */
 class WatchedQueue extends CompressionQueue {
   peak = 0;
@@ -293,7 +264,7 @@ t.test("1. a 10 MiB bomb in one frame: 1009 against the default 32 KiB limit, re
         watch.sample();
         err = await rejection(conn.read());
       }
-      const growth = watch.stop(t, label);
+      const growth = watch.stop(t, `memory, ${label}`);
       t.ok(isCloseError(err, 1009, ErrorCode.MessageTooBig), `${label}: the read rejects with 1009 (${describeErr(err)})`);
       t.equal(await closeCode(peer), 1009, `${label}: the peer gets a close frame with 1009`);
       t.ok(growth.rss < 8 * MiB, `${label}: RSS grew less than 8 MiB`);
@@ -746,7 +717,7 @@ t.test("regression: one socket read of small-output bombs stays near the unread 
     await peer.sendBytes(burst);
     await until(() => internals(conn).pausedForReader, "the read side to pause");
     const unread = internals(conn).inbound.queue.unreadBytes;
-    const growth = watch.stop(t, `${role}, ${count} frames of ${single.length} B in one ${burst.length} B write`);
+    const growth = watch.stop(t, `memory, ${role}, ${count} frames of ${single.length} B in one ${burst.length} B write`);
     t.comment(`${role}: ${mib(unread)} unread (mark ${mib(READ_HIGH_WATER_MARK)}), from ${burst.length} B on the wire`);
     t.ok(unread <= 2 * READ_HIGH_WATER_MARK + FAST_INFLATE_OUTPUT, `${role}: unread bytes stay near the mark (${mib(unread)})`);
     t.ok(growth.arrayBuffers < 8 * MiB, `${role}: array buffers grew less than 8 MiB (${mib(growth.arrayBuffers)})`);

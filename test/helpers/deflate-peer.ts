@@ -252,6 +252,39 @@ export function memorySample(): MemorySample {
   return { rss, heapUsed, external, arrayBuffers };
 }
 
+/**
+ * MemoryWatch records the peak of RSS and array buffers above a baseline
+ * taken after a full collection, sampled every millisecond and on demand
+ * (`sample`); `stop` reports the peak growth as a comment and returns it.
+ */
+export class MemoryWatch {
+  readonly base: MemorySample;
+  private peakRss: number;
+  private peakArrayBuffers: number;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor() {
+    this.base = memorySample();
+    this.peakRss = this.base.rss;
+    this.peakArrayBuffers = this.base.arrayBuffers;
+    this.timer = setInterval(() => this.sample(), 1);
+  }
+
+  sample(): void {
+    const m = process.memoryUsage();
+    this.peakRss = Math.max(this.peakRss, m.rss);
+    this.peakArrayBuffers = Math.max(this.peakArrayBuffers, m.arrayBuffers);
+  }
+
+  stop(t: { comment(message: string): void }, label: string): { rss: number; arrayBuffers: number } {
+    this.sample();
+    clearInterval(this.timer);
+    const growth = { rss: this.peakRss - this.base.rss, arrayBuffers: this.peakArrayBuffers - this.base.arrayBuffers };
+    t.comment(`${label}: peak growth RSS ${mib(growth.rss)}, arrayBuffers ${mib(growth.arrayBuffers)}`);
+    return growth;
+  }
+}
+
 /** MiB formats bytes as MiB with one decimal. */
 export function mib(bytes: number): string {
   return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
